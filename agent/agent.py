@@ -1,0 +1,109 @@
+"""The composition root of the core: builds the store, FSM, log and local state for one agent.
+
+`make_agent(config, reactor)` returns an `Agent` (a MultiService) whose `facade` is what the
+gateway hands to frontends. Nothing here knows about frontends.
+"""
+
+from __future__ import annotations
+
+import platform
+import os
+
+import txaio
+from twisted.application.service import MultiService
+
+from agent import structs
+from agent.config.model import VERSION, AgentConfig
+from agent.facade import AgentFacade, Member
+from agent.fsm.apply import FSM
+from agent.fsm.commands import Register
+from agent.local.state import LocalState
+from agent.schemas import SchemaSet
+from agent.single_server import SingleServerLog
+from agent.state.store import StateStore
+
+txaio.use_twisted()
+
+
+class Agent(MultiService):
+    log = txaio.make_logger()
+
+    def __init__(self, config: AgentConfig, reactor) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.store = StateStore()
+        self.fsm = FSM(self.store, report_error=self._report_error)
+        self.raft = SingleServerLog(self.fsm)
+        self.local = LocalState(reactor, self.node, self.raft.apply)
+        self.schemas = SchemaSet()
+        self.plugin_names: list[str] = []
+        self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
+                                  self.schemas, self.members, self.stats,
+                                  plugin_names=lambda: list(self.plugin_names))
+
+    def _report_error(self, exc: BaseException) -> None:
+        self.log.error("error in a state watcher: {exc!r}", exc=exc)
+
+    def node(self) -> structs.Node:
+        addr = self.config.advertise
+        return structs.Node(
+            name=self.config.node_name, address=addr, node_id=self.config.node_id,
+            datacenter=self.config.datacenter,
+            tagged_addresses={"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
+            meta={"consul-network-segment": "", **self.config.node_meta})
+
+    def member_tags(self) -> dict:
+        c = self.config
+        tags = {"acls": "0", "build": f"{VERSION}:", "dc": c.datacenter, "ft_fs": "1",
+                "id": c.node_id, "port": str(c.ports.server), "raft_vsn": "3",
+                "role": "consul" if c.server else "node", "segment": "", "vsn": "2",
+                "vsn_max": "3", "vsn_min": "2", "wan_join_port": str(c.ports.serf_wan)}
+        if not c.server:
+            for key in ("port", "raft_vsn", "wan_join_port", "ft_fs"):
+                tags.pop(key)
+        return tags
+
+    def members(self) -> list[Member]:
+        return [Member(self.config.node_name, self.config.advertise, self.config.ports.serf_lan,
+                       self.member_tags())]
+
+    def stats(self) -> dict:
+        c = self.config
+        index = str(self.raft.last_index)
+        return {
+            "agent": {"check_monitors": "0",
+                      "check_ttls": str(sum(1 for lc in self.local.checks.values() if lc.spec.ttl > 0)),
+                      "checks": str(len(self.local.checks)), "services": str(len(self.local.services))},
+            "build": {"prerelease": "", "revision": "", "version": VERSION},
+            "consul": {"acl": "disabled", "bootstrap": "false", "known_datacenters": "1",
+                       "leader": "true", "leader_addr": c.server_rpc_addr, "server": "true"},
+            "raft": {"applied_index": index, "commit_index": index, "fsm_pending": "0",
+                     "last_contact": "0", "last_log_index": index, "last_log_term": "1",
+                     "num_peers": "0", "state": "Leader", "term": "1"},
+            "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count()),
+                        "os": platform.system().lower(),
+                        "version": f"python{platform.python_version()}"},
+        }
+
+    def startService(self) -> None:
+        # A server shows itself in the catalog the way Consul's leader does.
+        node = self.node()
+        c = self.config
+        consul = structs.Service(
+            node=node.name, id="consul", name="consul", port=c.ports.server,
+            meta={"non_voter": "false", "raft_version": "3", "serf_protocol_current": "2",
+                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": VERSION})
+        serf = structs.Check(node=node.name, check_id=structs.SERF_CHECK_ID,
+                             name=structs.SERF_CHECK_NAME, status=structs.PASSING,
+                             output=structs.SERF_ALIVE_OUTPUT)
+        self.raft.apply(Register(node=node, service=consul if c.server else None, checks=(serf,)))
+        super().startService()
+
+    def stopService(self):
+        self.local.stop()
+        return super().stopService()
+
+
+def make_agent(config: AgentConfig, reactor) -> Agent:
+    return Agent(config, reactor)

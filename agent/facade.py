@@ -1,0 +1,79 @@
+"""The one narrow door frontends use into the core: read, write, watch, and agent facts.
+
+Frontends (HTTP, DNS, plugins' services) get an `AgentFacade` and nothing else from the core;
+they never touch the FSM or the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
+
+from agent.config.model import AgentConfig
+from agent.errors import UnknownDatacenter
+from agent.local.state import LocalState
+from agent.schemas import SchemaSet
+from agent.state.store import StateStore
+from agent.state.watch import WatchHandle
+
+
+@dataclass(frozen=True)
+class Member:
+    """A gossip member as Serf reports it (one, ourselves, until gossip lands)."""
+    name: str
+    addr: str
+    port: int
+    tags: dict
+    status: int = 1  # alive
+
+
+class AgentFacade:
+    def __init__(self, config: AgentConfig, reactor, store: StateStore,
+                 write: Callable[[Any], Deferred], local: LocalState, schemas: SchemaSet,
+                 members: Callable[[], list[Member]], stats: Callable[[], dict],
+                 plugin_names: Callable[[], list[str]] = lambda: []) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.store = store
+        self.local = local
+        self.schemas = schemas
+        self._write = write
+        self._members = members
+        self._stats = stats
+        self.plugin_names = plugin_names
+
+    def write(self, command: Any) -> Deferred:
+        """Commit a command; fires with its result once applied."""
+        return self._write(command)
+
+    def watch(self, callback: Callable[[], None], tables: Iterable[str] = (),
+              kv_prefixes: Iterable[str] = ()) -> WatchHandle:
+        return self.store.watch(callback, tables, kv_prefixes)
+
+    def check_datacenter(self, dc: str | None) -> None:
+        """Only our own datacenter is reachable until WAN federation exists."""
+        if dc and dc != self.config.datacenter:
+            raise UnknownDatacenter(dc)
+
+    def datacenters(self) -> list[str]:
+        return [self.config.datacenter]
+
+    def leader(self) -> str:
+        return self.config.server_rpc_addr if self.config.server else ""
+
+    def peers(self) -> list[str]:
+        return [self.config.server_rpc_addr] if self.config.server else []
+
+    def known_leader(self) -> bool:
+        return bool(self.leader())
+
+    def last_contact_ms(self) -> int:
+        return 0  # we are the leader
+
+    def members(self) -> list[Member]:
+        return self._members()
+
+    def stats(self) -> dict:
+        return self._stats()

@@ -1,0 +1,116 @@
+"""Frozen value types of the state store: nodes, services, checks, KV entries.
+
+Names here are Pythonic; the Consul spellings live only in the frontends' encode/decode modules.
+Every row carries the Raft index that created it and the one that last changed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+PASSING = "passing"
+WARNING = "warning"
+CRITICAL = "critical"
+MAINTENANCE = "maintenance"
+HEALTH_STATES = (PASSING, WARNING, CRITICAL, MAINTENANCE)
+
+# The check every server carries for itself, as Consul names it.
+SERF_CHECK_ID = "serfHealth"
+SERF_CHECK_NAME = "Serf Health Status"
+SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    passing: int = 1
+    warning: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAddress:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    address: str
+    node_id: str = ""
+    datacenter: str = "dc1"
+    tagged_addresses: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, str] = field(default_factory=dict)
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    node: str
+    id: str
+    name: str
+    tags: tuple[str, ...] = ()
+    address: str = ""
+    port: int = 0
+    meta: Mapping[str, str] = field(default_factory=dict)
+    tagged_addresses: Mapping[str, ServiceAddress] = field(default_factory=dict)
+    weights: Weights = Weights()
+    enable_tag_override: bool = False
+    kind: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDefinition:
+    """How a check is run; kept on catalog checks because Consul reports it."""
+
+    interval: float = 0.0
+    timeout: float = 0.0
+    deregister_critical_service_after: float = 0.0
+    http: str = ""
+    header: Mapping[str, tuple[str, ...]] | None = None
+    method: str = ""
+    body: str = ""
+    tls_skip_verify: bool = False
+    tcp: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    node: str
+    check_id: str
+    name: str
+    status: str = CRITICAL
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+    service_tags: tuple[str, ...] = ()
+    type: str = ""
+    definition: CheckDefinition = CheckDefinition()
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KVEntry:
+    key: str
+    value: bytes | None = None
+    flags: int = 0
+    lock_index: int = 0
+    session: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+
+def worst_status(statuses) -> str:
+    """The aggregate of several check states: critical beats maintenance beats warning beats passing."""
+    worst = PASSING
+    for status in statuses:
+        if status == CRITICAL:
+            return CRITICAL
+        if status == MAINTENANCE or (status == WARNING and worst == PASSING):
+            worst = status
+    return worst

@@ -1,0 +1,91 @@
+"""The plugin contract: hook markers, hook specifications and the read-only views plugins get.
+
+This module is everything a third-party plugin author needs (see docs/plugins.md). Plugins are
+found through the ``waypost`` entry-point group; the bundled HTTP API is loaded the same way.
+Hooks run on the reactor thread and must not block. A hook may return a plain value, a Deferred
+or a coroutine; the host normalises them. Arguments are passed by keyword, so an
+implementation may declare only the ones it needs, and new arguments can be added later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pluggy
+
+PROJECT = "waypost"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One registered instance of a service, with its aggregated health."""
+    node: str
+    node_address: str
+    service_id: str
+    name: str
+    address: str  # the service address, or the node's when the service has none
+    port: int
+    tags: tuple[str, ...]
+    meta: Mapping[str, str]
+    status: str  # passing | warning | critical | maintenance (worst of its checks)
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """A frozen picture of the catalog at `index`, handed to observer hooks."""
+    index: int
+    datacenter: str
+    nodes: Mapping[str, str]  # node name -> address
+    services: Mapping[str, tuple[ServiceInstance, ...]]  # service name -> instances
+
+    def healthy(self, name: str, passing_only: bool = False) -> tuple[ServiceInstance, ...]:
+        """Instances of `name` without a critical check (nor a warning one if `passing_only`)."""
+        bad = {"critical", "maintenance"} | ({"warning"} if passing_only else set())
+        return tuple(i for i in self.services.get(name, ()) if i.status not in bad)
+
+
+# --- start-up ---------------------------------------------------------------------------
+
+@hookspec
+def waypost_config_schema() -> Mapping[str, Any] | None:
+    """Return a JSON Schema (dict) for this plugin's settings, or None.
+
+    Called once at start-up; the agent validates ``plugins.<name>`` in its config against it
+    before anything starts, so a plugin never sees settings it did not declare.
+    """
+
+
+@hookspec
+def waypost_frontends(facade: Any, reactor: Any, config: Mapping[str, Any]) -> list | None:
+    """Return a list of ``twisted.application.service.IService`` to run with the agent.
+
+    ``facade`` is the agent's `AgentFacade` (read, write, watch); ``reactor`` is the reactor to
+    use for every timer and socket (never import the global one); ``config`` is this plugin's
+    validated settings (``{}`` when none). The services are started after the core and stopped
+    before it, in reverse order. Called once at start-up.
+    """
+
+
+# --- observers ---------------------------------------------------------------------------
+
+@hookspec
+def waypost_agent_started(view: CatalogView) -> None:
+    """The agent and every frontend are running; ``view`` is the catalog at that moment."""
+
+
+@hookspec
+def waypost_catalog_changed(view: CatalogView, index: int) -> None:
+    """The catalog changed; ``view`` is the whole catalog at ``index``.
+
+    Notifications coalesce: a plugin still busy with an earlier call (its Deferred has not
+    fired) gets only the latest view afterwards, never a backlog. The host does not wait for the
+    result before answering clients.
+    """
+
+
+@hookspec
+def waypost_agent_stopping() -> None:
+    """The agent is shutting down; frontends are still up. The host waits for a Deferred."""

@@ -1,0 +1,126 @@
+"""The plugin host: finds plugins through entry points, runs their hooks safely.
+
+One `PluginHost` per agent (no module-level manager). A plugin that raises, or whose Deferred
+fails, is logged with its name and the agent carries on. Catalog change notifications are
+coalesced per plugin so a slow plugin sees only the latest view.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Iterable
+
+import pluggy
+import txaio
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+
+from gateway import hookspecs
+from gateway.views import build_catalog_view
+
+
+def _as_deferred(result: Any) -> Deferred:
+    if inspect.iscoroutine(result):
+        return ensureDeferred(result)
+    if isinstance(result, Deferred):
+        return result
+    return succeed(result)
+
+
+class PluginHost:
+    log = txaio.make_logger()
+
+    def __init__(self, reactor, allow: Iterable[str] | None = None, autoload: bool = True,
+                 plugins: Iterable[tuple[str, Any]] = ()) -> None:
+        self.reactor = reactor
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        if os.environ.get("WAYPOST_TRACE_PLUGINS"):
+            self.pm.trace.root.setwriter(lambda msg: self.log.info("{msg}", msg=msg.rstrip()))
+            self.pm.enable_tracing()
+        if autoload:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            if allow is not None:
+                allowed = set(allow)
+                for name, plugin in list(self.pm.list_name_plugin()):
+                    if name not in allowed:
+                        self.pm.unregister(plugin)
+        for name, plugin in plugins:
+            self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self._busy: set[str] = set()
+        self._pending: dict[str, Any] = {}
+        self._scheduled = False
+
+    def names(self) -> list[str]:
+        return sorted(name for name, _ in self.pm.list_name_plugin())
+
+    def _impls(self, hook: str):
+        return getattr(self.pm.hook, hook).get_hookimpls()
+
+    def _call_one(self, impl, **kwargs) -> Deferred:
+        args = {k: kwargs[k] for k in impl.argnames}
+        d = maybeDeferred(impl.function, **args).addCallback(_as_deferred)
+        d.addErrback(self._failed, impl.plugin_name, impl.function.__name__)
+        return d
+
+    def _failed(self, failure, plugin: str, hook: str) -> None:
+        self.log.failure("plugin {plugin} failed in {hook}", failure=failure, plugin=plugin, hook=hook)
+        return None
+
+    def frontends(self, facade, plugin_config: dict) -> list:
+        """Collect the services every plugin contributes; a failing plugin contributes none."""
+        services = []
+        for impl in reversed(self._impls("waypost_frontends")):
+            try:
+                args = {"facade": facade, "reactor": self.reactor,
+                        "config": plugin_config.get(impl.plugin_name, {})}
+                result = impl.function(**{k: args[k] for k in impl.argnames})
+            except Exception:
+                self.log.failure("plugin {plugin} failed in waypost_frontends", plugin=impl.plugin_name)
+                continue
+            services.extend(result or ())
+        return services
+
+    def wants_catalog(self) -> bool:
+        return bool(self._impls("waypost_catalog_changed") or self._impls("waypost_agent_started"))
+
+    def agent_started(self, view) -> None:
+        for impl in self._impls("waypost_agent_started"):
+            self._call_one(impl, view=view)
+
+    def agent_stopping(self) -> Deferred:
+        from twisted.internet.defer import DeferredList
+        return DeferredList([self._call_one(impl) for impl in self._impls("waypost_agent_stopping")])
+
+    def catalog_changed(self, store, datacenter: str) -> None:
+        """Note a change; the view is built once, on the next reactor turn, for all plugins."""
+        if not self._impls("waypost_catalog_changed") or self._scheduled:
+            return
+        self._scheduled = True
+        self.reactor.callLater(0, self._deliver, store, datacenter)
+
+    def _deliver(self, store, datacenter: str) -> None:
+        self._scheduled = False
+        view = build_catalog_view(store, datacenter)
+        for impl in self._impls("waypost_catalog_changed"):
+            self._offer(impl, view)
+
+    def _offer(self, impl, view) -> None:
+        name = impl.plugin_name
+        if name in self._busy:
+            self._pending[name] = (impl, view)
+            return
+        self._busy.add(name)
+
+        def done(_):
+            self._busy.discard(name)
+            queued = self._pending.pop(name, None)
+            if queued is not None:
+                self._offer(*queued)
+        self._call_one(impl, view=view, index=view.index).addBoth(done)
+
+
+class PluginServices(MultiService):
+    """The frontends' services, started after the core and stopped first."""

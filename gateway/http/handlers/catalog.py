@@ -1,0 +1,89 @@
+"""/v1/catalog/*: register, deregister, datacenters, nodes, services, service/<name>, node/<node>."""
+
+from __future__ import annotations
+
+from agent.definitions import parse_catalog_deregister, parse_catalog_register
+from agent.fsm.commands import Deregister, Register
+from gateway.http import encode
+from gateway.http.decode import json_body
+from gateway.http.results import Read
+
+CATALOG = ("nodes", "services", "checks")
+
+
+def node_meta_filter(request) -> dict[str, str]:
+    """`?node-meta=key:value`, repeatable; all must match."""
+    wanted = {}
+    for item in request.query.get("node-meta", ()):
+        key, _, value = item.partition(":")
+        wanted[key] = value
+    return wanted
+
+
+def register(facade, request, params, arg):
+    reg = parse_catalog_register(json_body(request), facade.schemas, facade.config.datacenter)
+    facade.check_datacenter(reg.node.datacenter)
+    return facade.write(Register(node=reg.node, service=reg.service, checks=reg.checks,
+                                 skip_node_update=reg.skip_node_update))
+
+
+def deregister(facade, request, params, arg):
+    dereg = parse_catalog_deregister(json_body(request), facade.schemas)
+    return facade.write(Deregister(node=dereg.node, service_id=dereg.service_id,
+                                   check_id=dereg.check_id))
+
+
+def datacenters(facade, request, params, arg):
+    dcs = facade.datacenters()
+    return Read(lambda store: (0, dcs), index_headers=False)
+
+
+def nodes(facade, request, params, arg):
+    meta = node_meta_filter(request)
+
+    def run(store):
+        return (store.catalog.table_index["nodes"],
+                [encode.node(n) for n in store.catalog.node_list(meta)])
+    return Read(run, tables=("nodes",), consistency_header=True)
+
+
+def services(facade, request, params, arg):
+    meta = node_meta_filter(request)
+
+    def run(store):
+        catalog = store.catalog
+        if meta:
+            tags: dict[str, dict[str, None]] = {}
+            for node in catalog.node_list(meta):
+                for _, svc in sorted(catalog.services.get(node.name, {}).items()):
+                    bucket = tags.setdefault(svc.name, {})
+                    bucket.update(dict.fromkeys(svc.tags))
+            result = {k: list(v) for k, v in sorted(tags.items())}
+        else:
+            result = catalog.service_tags()
+        return catalog.table_index["services"], result
+    return Read(run, tables=("services", "nodes"), consistency_header=True)
+
+
+def service(facade, request, params, name: str):
+    tags = request.query.get("tag", ())
+    meta = node_meta_filter(request)
+
+    def run(store):
+        catalog = store.catalog
+        rows = [encode.catalog_service(n, s) for n, s in catalog.service_instances(name, tags, meta)]
+        return catalog.max_service_index(name), rows
+    return Read(run, tables=CATALOG, consistency_header=True)
+
+
+def node(facade, request, params, name: str):
+    def run(store):
+        catalog = store.catalog
+        index = max(catalog.table_index["nodes"], catalog.table_index["services"])
+        found = catalog.nodes.get(name)
+        if found is None:
+            return index, None
+        return index, {"Node": encode.node(found),
+                       "Services": {sid: encode.service(s) for sid, s in
+                                    sorted(catalog.services.get(name, {}).items())}}
+    return Read(run, tables=("nodes", "services"), consistency_header=True)

@@ -1,0 +1,84 @@
+"""/v1/kv/<key>: get (raw, recurse, keys with separator), put (flags, cas), delete (recurse, cas)."""
+
+from __future__ import annotations
+
+from agent.errors import InvalidRequest
+from agent.fsm.commands import KVOperation
+from agent.structs import KVEntry
+from gateway.http.decode import flag, uint
+from gateway.http.encode import kv as encode_kv
+from gateway.http.protocol import Response
+from gateway.http.results import MISSING, Raw, Read
+
+KVS = "kvs"
+RAW_HEADERS = ((b"Content-Security-Policy", b"sandbox"), (b"X-Content-Type-Options", b"nosniff"))
+
+
+def kv(facade, request, params, key: str):
+    if request.method in ("GET", "HEAD"):
+        return _get(request, key)
+    if request.method == "PUT":
+        return _put(facade, request, key)
+    return _delete(facade, request, key)
+
+
+def _get(request, key: str) -> Read:
+    if "keys" in request.query:
+        separator = request.query.get("separator", [""])[0]
+
+        def run(store):
+            index, keys = store.kv.keys(key, separator)
+            return index, keys if keys else MISSING
+        return Read(run, kv_prefixes=(key,))
+    if "recurse" in request.query:
+
+
+        def run(store):
+            index, entries = store.kv.list(key)
+            return index, [encode_kv(e) for e in entries] if entries else MISSING
+        return Read(run, kv_prefixes=(key,))
+    if not key:
+        raise InvalidRequest("Missing key name")
+    raw = flag(request, "raw")
+
+
+    def run(store):
+        index, entry = store.kv.get(key)
+        if entry is None:
+            return index, MISSING
+        if raw:
+            return index, Raw(entry.value or b"", b"text/plain", RAW_HEADERS)
+        return index, [encode_kv(entry)]
+    return Read(run, kv_prefixes=(key,))
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise InvalidRequest("Missing key name")
+
+
+def _put(facade, request, key: str):
+    _check_key(key)
+    if "acquire" in request.query or "release" in request.query:
+        raise InvalidRequest("Sessions are not supported yet: ?acquire and ?release are unavailable")
+    flags = uint(request, "flags", "Invalid flags") or 0
+    cas = uint(request, "cas", "Invalid cas index")
+    limit = facade.config.kv_max_value_size
+    if len(request.body) > limit:
+        return Response(413, (f"Request body({len(request.body)} bytes) too large, max size: "
+                              f"{limit} bytes. See https://www.consul.io/docs/agent/options.html"
+                              f"#kv_max_value_size.").encode(), content_type=b"text/plain; charset=utf-8")
+    entry = KVEntry(key=key, value=request.body or None, flags=flags)
+    if cas is not None:
+        return facade.write(KVOperation("cas", entry, cas))
+    return facade.write(KVOperation("set", entry))
+
+
+def _delete(facade, request, key: str):
+    cas = uint(request, "cas", "Invalid cas index")
+    if "recurse" in request.query:
+        return facade.write(KVOperation("delete-tree", KVEntry(key=key)))
+    _check_key(key)
+    if cas is not None:
+        return facade.write(KVOperation("delete-cas", KVEntry(key=key), cas))
+    return facade.write(KVOperation("delete", KVEntry(key=key)))

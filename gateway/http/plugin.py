@@ -1,0 +1,68 @@
+"""The HTTP API as a frontend plugin: the route table and the listening service.
+
+Loaded through the ``waypost`` entry-point group like any third-party plugin, which keeps the
+hook API honest.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+from gateway.hookspecs import hookimpl
+from gateway.http.api import HTTPAPI
+from gateway.http.handlers import agent, catalog, health, kv, status
+from gateway.http.protocol import HTTPFactory
+from gateway.http.routes import RouteTable
+
+GET, PUT, DELETE = ("GET", "HEAD"), ("PUT",), ("DELETE",)
+
+
+def build_routes() -> RouteTable:
+    t = RouteTable()
+    t.add("/v1/kv/", GET + PUT + DELETE, kv.kv)
+    t.add("/v1/catalog/register", PUT, catalog.register)
+    t.add("/v1/catalog/deregister", PUT, catalog.deregister)
+    t.add("/v1/catalog/datacenters", GET, catalog.datacenters)
+    t.add("/v1/catalog/nodes", GET, catalog.nodes)
+    t.add("/v1/catalog/services", GET, catalog.services)
+    t.add("/v1/catalog/service/", GET, catalog.service)
+    t.add("/v1/catalog/node/", GET, catalog.node)
+    t.add("/v1/health/node/", GET, health.node)
+    t.add("/v1/health/checks/", GET, health.checks)
+    t.add("/v1/health/service/", GET, health.service)
+    t.add("/v1/health/state/", GET, health.state)
+    t.add("/v1/agent/self", GET, agent.self_info)
+    t.add("/v1/agent/members", GET, agent.members)
+    t.add("/v1/agent/services", GET, agent.services)
+    t.add("/v1/agent/service/register", PUT, agent.register_service)
+    t.add("/v1/agent/service/deregister/", PUT, agent.deregister_service)
+    t.add("/v1/agent/service/", GET, agent.service)
+    t.add("/v1/agent/checks", GET, agent.checks)
+    t.add("/v1/agent/check/register", PUT, agent.register_check)
+    t.add("/v1/agent/check/deregister/", PUT, agent.deregister_check)
+    t.add("/v1/agent/check/pass/", PUT, agent.check_pass)
+    t.add("/v1/agent/check/warn/", PUT, agent.check_warn)
+    t.add("/v1/agent/check/fail/", PUT, agent.check_fail)
+    t.add("/v1/agent/check/update/", PUT, agent.check_update)
+    t.add("/v1/status/leader", GET, status.leader)
+    t.add("/v1/status/peers", GET, status.peers)
+    return t
+
+
+def make_http_service(facade, reactor):
+    config = facade.config
+    api = HTTPAPI(facade, reactor, build_routes())
+    factory = HTTPFactory(api, reactor, max_body=config.max_body_bytes)
+    host = config.http_addr or config.client_addr
+    endpoint_cls = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+    endpoint = endpoint_cls(reactor, config.ports.http, interface=host)
+    service = StreamServerEndpointService(endpoint, factory)
+    service._raiseSynchronously = True  # a port in use must stop start-up, not be logged later
+    service.setName("http")
+    return service
+
+
+@hookimpl
+def waypost_frontends(facade, reactor):
+    return [make_http_service(facade, reactor)]

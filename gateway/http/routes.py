@@ -1,0 +1,41 @@
+"""The route table: exact paths and path prefixes to handlers, with their methods."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+
+class Route:
+    __slots__ = ("path", "methods", "handler", "allow", "prefix")
+
+    def __init__(self, path: str, methods: Iterable[str], handler: Callable[..., Any], prefix: bool) -> None:
+        self.path = path
+        self.methods = frozenset(methods)
+        self.handler = handler
+        self.prefix = prefix
+        self.allow = ",".join(sorted({"OPTIONS", *self.methods})).encode()
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._exact: dict[str, Route] = {}
+        self._prefixes: list[Route] = []
+
+    def add(self, path: str, methods: Iterable[str], handler: Callable[..., Any]) -> None:
+        """`path` ending in "/" matches everything below it; the rest is the handler's `arg`."""
+        prefix = path.endswith("/")
+        route = Route(path, methods, handler, prefix)
+        if prefix:
+            self._prefixes.append(route)
+            self._prefixes.sort(key=lambda r: len(r.path), reverse=True)
+        else:
+            self._exact[path] = route
+
+    def match(self, path: str) -> tuple[Route | None, str]:
+        route = self._exact.get(path)
+        if route is not None:
+            return route, ""
+        for route in self._prefixes:
+            if path.startswith(route.path):
+                return route, path[len(route.path):]
+        return None, ""

@@ -1,0 +1,85 @@
+"""Runs a real `waypost agent -dev` subprocess on free 127.0.0.1 ports for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AgentProcess:
+    def __init__(self, *args: str, node: str = "oracle") -> None:
+        self.port = free_port()
+        self.node = node
+        self.args = ["agent", "-dev", "-node", node, "-http-port", str(self.port),
+                     "-dns-port", str(free_port()), "-log-level", "warn", *args]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> "AgentProcess":
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", *self.args],
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("agent exited: " + self.proc.stderr.read().decode())
+            try:
+                with urllib.request.urlopen(self.base + "/v1/status/leader", timeout=1) as r:
+                    if json.loads(r.read()):
+                        return self
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("agent did not come up in time")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict | None = None, timeout: float = 30.0):
+        """(status, headers, body bytes) — errors are answers, not exceptions."""
+        if isinstance(body, str):
+            body = body.encode()
+        req = urllib.request.Request(self.base + path, data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def json(self, method: str, path: str, body=None):
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        status, headers, data = self.request(method, path, body)
+        return status, headers, (json.loads(data) if data and headers.get("Content-Type", "").startswith("application/json") else data)
