@@ -6,8 +6,8 @@ gateway hands to frontends. Nothing here knows about frontends.
 
 from __future__ import annotations
 
-import platform
 import os
+import platform
 
 import txaio
 from twisted.application.service import MultiService

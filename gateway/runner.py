@@ -8,8 +8,13 @@ from __future__ import annotations
 import sys
 
 import txaio
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 
 from agent.config.model import WAYPOST_VERSION, AgentConfig
 
@@ -19,6 +24,7 @@ _LEVELS = {"trace": LogLevel.debug, "debug": LogLevel.debug, "info": LogLevel.in
 
 def _syslog_observer():
     import syslog
+
     from twisted.logger import formatEvent
 
     priorities = {LogLevel.debug: syslog.LOG_DEBUG, LogLevel.info: syslog.LOG_INFO,

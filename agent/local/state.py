@@ -6,6 +6,7 @@ command; TTL checks turn critical when their TTL lapses without an update.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -15,9 +16,22 @@ from agent import structs
 from agent.definitions import CheckSpec, ServiceDefinition
 from agent.errors import InvalidRequest, WaypostError
 from agent.fsm.commands import Deregister, Register
-from agent.structs import Check, Node, Service
+from agent.structs import Check, Node, Service, ServiceAddress
 
 OUTPUT_MAX = 4096
+
+
+def with_default_tagged_addresses(service: Service) -> Service:
+    """Consul's agent tags an IP service address as lan/wan of its family, unless set."""
+    try:
+        family = ipaddress.ip_address(service.address).version
+    except ValueError:
+        return service
+    suffix = "ipv4" if family == 4 else "ipv6"
+    tagged = dict(service.tagged_addresses)
+    for scope in ("lan", "wan"):
+        tagged.setdefault(f"{scope}_{suffix}", ServiceAddress(service.address, service.port))
+    return replace(service, tagged_addresses=tagged)
 
 
 @dataclass
@@ -39,7 +53,7 @@ class LocalState:
 
     def add_service(self, definition: ServiceDefinition) -> Deferred:
         node = self._node()
-        service = replace(definition.service, node=node.name)
+        service = with_default_tagged_addresses(replace(definition.service, node=node.name))
         old = self.services.get(service.id)
         self.services[service.id] = service
         checks = []

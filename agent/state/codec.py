@@ -9,7 +9,15 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from agent.structs import Check, CheckDefinition, KVEntry, Node, Service, ServiceAddress, Weights
+from agent.structs import (
+    Check,
+    CheckDefinition,
+    KVEntry,
+    Node,
+    Service,
+    ServiceAddress,
+    Weights,
+)
 
 
 def encode_node(node: Node) -> dict[str, Any]:

@@ -6,7 +6,7 @@ as Consul's graveyard does; without them the prefix's index would go backwards.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from dataclasses import replace
 from typing import Callable
 

@@ -11,10 +11,15 @@ import random
 from typing import Any
 
 import txaio
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 
-from agent.errors import (InvalidRequest, NotFound, PermissionDenied, UnknownDatacenter,
-                          WaypostError)
+from agent.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UnknownDatacenter,
+    WaypostError,
+)
 from gateway.http import encode
 from gateway.http.params import parse_query_params
 from gateway.http.protocol import Request, Response
