@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succ
 from gateway import hookspecs
 from gateway.views import build_catalog_view
 
+txaio.use_twisted()
+
 
 def _as_deferred(result: Any) -> Deferred:
     if inspect.iscoroutine(result):

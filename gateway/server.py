@@ -16,6 +16,8 @@ from agent.config.model import AgentConfig
 from gateway.host import PluginHost
 from gateway.views import build_catalog_view
 
+txaio.use_twisted()
+
 
 class WaypostServer(MultiService):
     log = txaio.make_logger()
