@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import txaio
 from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
@@ -20,9 +22,12 @@ from agent.fsm.commands import Register
 from agent.local.state import LocalState
 from agent.schemas import SchemaSet
 from agent.single_server import SingleServerLog
+from agent.state import snapshot
 from agent.state.store import StateStore
 
 txaio.use_twisted()
+
+SNAPSHOT_INTERVAL = 5.0  # seconds between snapshots of a changed store (until the Raft log lands)
 
 
 class Agent(MultiService):
@@ -38,6 +43,8 @@ class Agent(MultiService):
         self.local = LocalState(reactor, self.node, self.raft.apply)
         self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
+        self._saved_index = 0
+        self._saver: LoopingCall | None = None
         self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names))
@@ -86,7 +93,32 @@ class Agent(MultiService):
                         "version": f"python{platform.python_version()}"},
         }
 
+    def snapshot_path(self) -> Path | None:
+        """Where a non-dev agent keeps its state between runs (dev mode is in-memory)."""
+        if self.config.dev or not self.config.data_dir:
+            return None
+        return Path(self.config.data_dir) / "state" / "snapshot.json"
+
+    def save_snapshot(self) -> None:
+        path = self.snapshot_path()
+        if path is None or self.store.index == self._saved_index:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_file(self.store, path)
+        self._saved_index = self.store.index
+
+    def _restore(self) -> None:
+        path = self.snapshot_path()
+        if path is None or not path.exists():
+            return
+        snapshot.load_file(path, self.store)
+        self.raft.last_index = self.store.index
+        self._saved_index = self.store.index
+        self.log.info("restored state at index {index} from {path}", index=self.store.index,
+                      path=str(path))
+
     def startService(self) -> None:
+        self._restore()
         # A server shows itself in the catalog the way Consul's leader does.
         node = self.node()
         c = self.config
@@ -98,10 +130,17 @@ class Agent(MultiService):
                              name=structs.SERF_CHECK_NAME, status=structs.PASSING,
                              output=structs.SERF_ALIVE_OUTPUT)
         self.raft.apply(Register(node=node, service=consul if c.server else None, checks=(serf,)))
+        if self.snapshot_path() is not None:
+            self._saver = LoopingCall(self.save_snapshot)
+            self._saver.clock = self.reactor
+            self._saver.start(SNAPSHOT_INTERVAL, now=False)
         super().startService()
 
     def stopService(self):
         self.local.stop()
+        if self._saver is not None and self._saver.running:
+            self._saver.stop()
+        self.save_snapshot()
         return super().stopService()
 
 

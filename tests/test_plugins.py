@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import json
-import re
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher

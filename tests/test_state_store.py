@@ -201,3 +201,28 @@ def test_snapshot_round_trip(tmp_path):
     assert restored.catalog.services == log.store.catalog.services
     assert restored.catalog.checks == log.store.catalog.checks
     assert restored.catalog.table_index == log.store.catalog.table_index
+
+
+def test_agent_keeps_state_in_data_dir_between_runs(tmp_path):
+    from twisted.internet import task
+
+    from agent.agent import make_agent
+    from agent.config.model import AgentConfig
+    cfg = AgentConfig(node_name="n", node_id="1", dev=False, data_dir=str(tmp_path))
+    clock = task.Clock()
+    first = make_agent(cfg, clock)
+    first.startService()
+    first.facade.write(KVOperation("set", KVEntry("kept", b"yes")))
+    clock.advance(5)  # the periodic snapshot
+    assert (tmp_path / "state" / "snapshot.json").exists()
+    first.facade.write(KVOperation("set", KVEntry("late", b"1")))
+    first.stopService()  # and the final one
+    second = make_agent(cfg, task.Clock())
+    second.startService()
+    assert second.store.kv.get("kept")[1].value == b"yes"
+    assert second.store.kv.get("late")[1].value == b"1"
+    # New writes continue after the restored index.
+    before = second.store.index
+    second.facade.write(KVOperation("set", KVEntry("next", b"1")))
+    assert second.store.kv.get("next")[1].create_index == before + 1
+    second.stopService()
