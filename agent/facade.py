@@ -11,12 +11,29 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 
-from agent.config.model import AgentConfig
+from agent.config.model import VERSION, WAYPOST_VERSION, AgentConfig
+from agent.definitions import (CatalogDeregistration, CatalogRegistration, CheckSpec,
+                               ServiceDefinition, parse_catalog_deregister,
+                               parse_catalog_register, parse_check_definition,
+                               parse_service_definition)
+from agent.durations import parse_duration
 from agent.errors import UnknownDatacenter
+from agent.fsm.commands import Deregister, KVOperation, Register
 from agent.local.state import LocalState
 from agent.schemas import SchemaSet
+from agent.state.catalog import is_healthy
 from agent.state.store import StateStore
 from agent.state.watch import WatchHandle
+
+# Everything a frontend may use from the core is importable from here; the import-graph test
+# keeps frontends from reaching past this module.
+__all__ = [
+    "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
+    "Register", "Deregister", "KVOperation",
+    "CatalogRegistration", "CatalogDeregistration", "CheckSpec", "ServiceDefinition",
+    "parse_service_definition", "parse_check_definition", "parse_catalog_register",
+    "parse_catalog_deregister", "parse_duration", "is_healthy", "WatchHandle",
+]
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 
-from agent.durations import parse_duration
+from agent.facade import parse_duration
 from agent.errors import InvalidRequest
+from gateway.http.decode import parse_uint64
 
 DEFAULT_WAIT = 300.0  # Consul's default query time (5m)
 MAX_WAIT = 600.0  # and its cap (10m)
 JITTER_FRACTION = 16  # Consul adds up to wait/16 so parked queries do not all return together
+
 
 class QueryParams:
     __slots__ = ("dc", "min_index", "wait", "consistency", "pretty")
@@ -26,21 +28,27 @@ def parse_query_params(query: dict[str, list[str]], pretty_default: bool, rng: r
     dc = query["dc"][0] if "dc" in query else ""
     min_index = 0
     wait = 0.0
-    if "index" in query:
+    # As Consul's parseWait: an empty value counts as not given, `index` is a uint64 and
+    # `wait` is Go's duration syntax, where a negative wait means the default.
+    text = query["wait"][0] if "wait" in query else ""
+    if text:
+        negative = text.startswith("-")
         try:
-            min_index = int(query["index"][0])
-            if min_index < 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidRequest("Invalid index") from None
-        wait = DEFAULT_WAIT
-    if "wait" in query:
-        try:
-            wait = parse_duration(query["wait"][0])
+            wait = parse_duration(text[1:] if negative else text)
         except InvalidRequest:
             raise InvalidRequest("Invalid wait time") from None
+        if negative:
+            wait = 0.0
+    text = query["index"][0] if "index" in query else ""
+    if text:
+        parsed = parse_uint64(text)
+        if parsed is None:
+            raise InvalidRequest("Invalid index")
+        min_index = parsed
     if min_index:
-        wait = min(wait or DEFAULT_WAIT, MAX_WAIT)
+        if wait <= 0:
+            wait = DEFAULT_WAIT
+        wait = min(wait, MAX_WAIT)
         wait += rng.random() * wait / JITTER_FRACTION
     stale = "stale" in query
     consistent = "consistent" in query
