@@ -38,6 +38,8 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/service/register", PUT, agent.register_service)
     t.add("/v1/agent/service/deregister/", PUT, agent.deregister_service)
     t.add("/v1/agent/service/", GET, agent.service)
+    t.add("/v1/agent/health/service/id/", GET, agent.health_service_by_id)
+    t.add("/v1/agent/health/service/name/", GET, agent.health_service_by_name)
     t.add("/v1/agent/checks", GET, agent.checks)
     t.add("/v1/agent/check/register", PUT, agent.register_check)
     t.add("/v1/agent/check/deregister/", PUT, agent.deregister_check)

@@ -10,10 +10,12 @@ class Route:
 
     def __init__(self, path: str, methods: Iterable[str], handler: Callable[..., Any], prefix: bool) -> None:
         self.path = path
+        methods = tuple(methods)
         self.methods = frozenset(methods)
         self.handler = handler
         self.prefix = prefix
-        self.allow = ",".join(sorted({"OPTIONS", *self.methods})).encode()
+        # Consul lists OPTIONS first, then the methods in the order the route declares them.
+        self.allow = ",".join(["OPTIONS", *(m for m in methods if m != "HEAD")]).encode()
 
 
 class RouteTable:

@@ -5,48 +5,36 @@ from __future__ import annotations
 import hashlib
 
 from agent import structs
-from agent.config.model import VERSION, WAYPOST_VERSION
-from agent.definitions import parse_check_definition, parse_service_definition
 from agent.errors import InvalidRequest, NotFound
-from gateway.http import encode
+from agent.facade import (
+    VERSION,
+    WAYPOST_VERSION,
+    parse_check_definition,
+    parse_service_definition,
+)
+from gateway.http import encode, encode_self
+from gateway.http.api import VARY
 from gateway.http.decode import json_body
+from gateway.http.protocol import Response
 from gateway.http.results import EMPTY
+
+# Consul's maintenance-mode check IDs: such a check makes the aggregate "maintenance".
+NODE_MAINT = "_node_maintenance"
+SERVICE_MAINT_PREFIX = "_service_maintenance:"
+# /v1/agent/health/service/* answers a load balancer: the status code is the verdict.
+HEALTH_CODES = {structs.PASSING: 200, structs.WARNING: 429, structs.CRITICAL: 503}
 
 SCRIPTS_DISABLED = ("Scripts are disabled on this agent; to enable, configure "
                     "'enable_script_checks' to true")
 
 
-def _member(m) -> dict:
-    return {"Name": m.name, "Addr": m.addr, "Port": m.port, "Tags": dict(sorted(m.tags.items())),
-            "Status": m.status, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4}
-
-
 def self_info(facade, request, params, arg):
-    c = facade.config
-    addr = c.advertise
-    return {
-        "Config": {"Datacenter": c.datacenter, "NodeName": c.node_name, "NodeID": c.node_id,
-                   "Revision": "", "Server": c.server, "Version": VERSION},
-        "DebugConfig": {
-            "Datacenter": c.datacenter, "NodeName": c.node_name, "NodeID": c.node_id,
-            "DevMode": c.dev, "ServerMode": c.server, "BindAddr": c.bind_addr,
-            "AdvertiseAddrLAN": addr, "AdvertiseAddrWAN": addr, "ClientAddrs": [c.client_addr],
-            "DataDir": c.data_dir, "DNSDomain": c.domain, "DNSPort": c.ports.dns,
-            "HTTPPort": c.ports.http, "ServerPort": c.ports.server,
-            "SerfPortLAN": c.ports.serf_lan, "SerfPortWAN": c.ports.serf_wan,
-            "KVMaxValueSize": c.kv_max_value_size, "Version": VERSION,
-            "Logging": {"LogLevel": c.log_level.upper(), "EnableSyslog": c.enable_syslog}},
-        "Coord": {"Vec": [0] * 8, "Error": 1.5, "Adjustment": 0, "Height": 0.00001},
-        "Member": _member(facade.members()[0]),
-        "Stats": facade.stats(),
-        "Meta": {"consul-network-segment": "", **c.node_meta},
-        "Waypost": {"Version": WAYPOST_VERSION, "Plugins": facade.plugin_names()},
-    }
+    extra = {"Waypost": {"Version": WAYPOST_VERSION, "Plugins": facade.plugin_names()}}
+    return encode_self.agent_self(facade.config, VERSION, facade.members(), facade.stats(), extra)
 
 
 def members(facade, request, params, arg):
-    return [_member(m) for m in facade.members()]
+    return [encode_self.member(m) for m in facade.members()]
 
 
 def services(facade, request, params, arg):
@@ -58,9 +46,61 @@ def service(facade, request, params, service_id: str):
     if found is None:
         raise NotFound(f"unknown service ID: {service_id}")
     body = encode.agent_service(found)
+    # Consul's hash is of its Go struct; ours need only change when the service does.
     digest = hashlib.sha256(encode.dumps(body, False)).hexdigest()[:16]
     body["ContentHash"] = digest
-    return body
+    return Response(200, encode.dumps(body, params.pretty),
+                    [VARY, (b"X-Consul-ContentHash", digest.encode())])
+
+
+def _aggregate(facade, service_id: str) -> tuple[str, list]:
+    """The service's local checks and their worst status, as Consul aggregates them."""
+    found = [lc.check for cid, lc in sorted(facade.local.checks.items())
+             if lc.check.service_id == service_id]
+    statuses = {c.status for c in found}
+    if any(c.check_id == NODE_MAINT or c.check_id.startswith(SERVICE_MAINT_PREFIX) for c in found):
+        return structs.MAINTENANCE, found
+    for status in (structs.CRITICAL, structs.WARNING):
+        if status in statuses:
+            return status, found
+    return structs.PASSING, found
+
+
+def _health_answer(request, params, code: int, reason: str, payload) -> Response:
+    headers = [VARY, (b"X-Consul-Reason", reason.encode())]
+    if _wants_text(request):
+        return Response(code, reason.encode(), headers, content_type=b"text/plain")
+    return Response(code, encode.dumps(payload, params.pretty), headers)
+
+
+def _wants_text(request) -> bool:
+    if request.headers.get("accept", "").startswith("text/plain"):
+        return True
+    return request.query.get("format", [""])[0] == "text"
+
+
+def health_service_by_id(facade, request, params, service_id: str):
+    found = facade.local.services.get(service_id)
+    if found is None:
+        payload = encode.agent_service_health(structs.CRITICAL, None, None)
+        return _health_answer(request, params, 404, f"ServiceId {service_id} not found", payload)
+    status, checks = _aggregate(facade, service_id)
+    payload = encode.agent_service_health(status, found, checks)
+    return _health_answer(request, params, HEALTH_CODES.get(status, 503), status, payload)
+
+
+def health_service_by_name(facade, request, params, name: str):
+    code, reason, payload = 404, f"ServiceName {name} Not Found", []
+    for sid, svc in sorted(facade.local.services.items()):
+        if svc.name != name:
+            continue
+        status, checks = _aggregate(facade, sid)
+        payload.append(encode.agent_service_health(status, svc, checks))
+        scode = HEALTH_CODES.get(status, 503)
+        # The worst instance decides: passing 200 < warning 429 < critical 503.
+        if code == 404 or scode > code:
+            code, reason = scode, status
+    return _health_answer(request, params, code, reason, payload)
 
 
 def checks(facade, request, params, arg):
@@ -109,15 +149,26 @@ check_fail = _ttl(structs.CRITICAL)
 def check_update(facade, request, params, check_id: str):
     body = json_body(request)
     if not isinstance(body, dict):
-        raise InvalidRequest("Request decode failed: body must be a JSON object")
+        raise InvalidRequest("Request decode failed: json: cannot unmarshal "
+                             f"{_json_kind(body)} into Go value of type agent.checkUpdate")
+    # Go's decoder matches field names case-insensitively and ignores unknown ones.
     fields = {k.lower(): v for k, v in body.items()}
-    unknown = set(fields) - {"status", "output"}
-    if unknown:
-        raise InvalidRequest(f'Unknown field "{sorted(unknown)[0]}"')
     status = fields.get("status", "")
     output = fields.get("output", "")
-    if not isinstance(status, str) or status not in (structs.PASSING, structs.WARNING, structs.CRITICAL):
-        raise InvalidRequest(f'Invalid check status: "{status}"')
-    if not isinstance(output, str):
-        raise InvalidRequest('Invalid field "Output": must be a string')
+    for name, value in (("Status", status), ("Output", output)):
+        if not isinstance(value, str):
+            raise InvalidRequest(f"Request decode failed: json: cannot unmarshal "
+                                 f"{_json_kind(value)} into Go struct field "
+                                 f"checkUpdate.{name} of type string")
+    if status not in (structs.PASSING, structs.WARNING, structs.CRITICAL):
+        raise InvalidRequest(f"Invalid check status: '{status}'")
     return facade.local.update_ttl(check_id, status, output).addCallback(lambda _: EMPTY)
+
+
+def _json_kind(value) -> str:
+    """Go's name for a JSON value's type, as its decode errors spell it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")

@@ -1,9 +1,15 @@
-"""/v1/catalog/*: register, deregister, datacenters, nodes, services, service/<name>, node/<node>."""
+"""/v1/catalog/*: register, deregister, datacenters, nodes, services, service/<name>,
+node/<node>."""
 
 from __future__ import annotations
 
-from agent.definitions import parse_catalog_deregister, parse_catalog_register
-from agent.fsm.commands import Deregister, Register
+from agent.errors import InvalidRequest
+from agent.facade import (
+    Deregister,
+    Register,
+    parse_catalog_deregister,
+    parse_catalog_register,
+)
 from gateway.http import encode
 from gateway.http.decode import json_body
 from gateway.http.results import Read
@@ -18,6 +24,12 @@ def node_meta_filter(request) -> dict[str, str]:
         key, _, value = item.partition(":")
         wanted[key] = value
     return wanted
+
+
+def require(name: str, message: str) -> None:
+    """Consul answers 400 with `message` when the path names no node/service/state."""
+    if not name:
+        raise InvalidRequest(message)
 
 
 def register(facade, request, params, arg):
@@ -66,17 +78,21 @@ def services(facade, request, params, arg):
 
 
 def service(facade, request, params, name: str):
+    require(name, "Missing service name")
     tags = request.query.get("tag", ())
     meta = node_meta_filter(request)
 
     def run(store):
         catalog = store.catalog
-        rows = [encode.catalog_service(n, s) for n, s in catalog.service_instances(name, tags, meta)]
+        rows = [encode.catalog_service(n, s)
+                for n, s in catalog.service_instances(name, tags, meta)]
         return catalog.max_service_index(name), rows
     return Read(run, tables=CATALOG, consistency_header=True)
 
 
 def node(facade, request, params, name: str):
+    require(name, "Missing node name")
+
     def run(store):
         catalog = store.catalog
         index = max(catalog.table_index["nodes"], catalog.table_index["services"])

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from agent import structs
 from agent.errors import InvalidRequest
-from agent.state.catalog import is_healthy
+from agent.facade import is_healthy
 from gateway.http import encode
-from gateway.http.decode import flag
-from gateway.http.handlers.catalog import CATALOG, node_meta_filter
+from gateway.http.handlers.catalog import CATALOG, node_meta_filter, require
 from gateway.http.results import Read
 
-STATES = ("any",) + structs.HEALTH_STATES[:3]
+
+def _passing(request) -> bool:
+    """`?passing` is a Go bool: bare means true, and a value must parse like strconv.ParseBool."""
+    values = request.query.get("passing")
+    if values is None:
+        return False
+    value = values[0]
+    if value in ("", "1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if value in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise InvalidRequest("Invalid value for ?passing")
 
 
 def node(facade, request, params, name: str):
+    require(name, "Missing node name")
+
     def run(store):
         return (store.catalog.table_index["checks"],
                 [encode.check(c) for c in store.catalog.node_checks(name)])
@@ -21,6 +32,8 @@ def node(facade, request, params, name: str):
 
 
 def checks(facade, request, params, service_name: str):
+    require(service_name, "Missing service name")
+
     def run(store):
         catalog = store.catalog
         return (catalog.max_service_index(service_name),
@@ -29,8 +42,9 @@ def checks(facade, request, params, service_name: str):
 
 
 def service(facade, request, params, service_name: str):
+    require(service_name, "Missing service name")
     tags = request.query.get("tag", ())
-    passing = flag(request, "passing")
+    passing = _passing(request)
     meta = node_meta_filter(request)
 
     def run(store):
@@ -47,10 +61,15 @@ def service(facade, request, params, service_name: str):
 
 
 def state(facade, request, params, wanted: str):
-    if wanted not in STATES:
-        raise InvalidRequest("Invalid check state")
+    # Consul does not validate the state: an unknown one simply matches no check.
+    require(wanted, "Missing check state")
+    meta = node_meta_filter(request)
 
     def run(store):
-        return (store.catalog.table_index["checks"],
-                [encode.check(c) for c in store.catalog.checks_in_state(wanted)])
-    return Read(run, tables=("checks",), consistency_header=True)
+        catalog = store.catalog
+        found = catalog.checks_in_state(wanted)
+        if meta:
+            names = {n.name for n in catalog.node_list(meta)}
+            found = [c for c in found if c.node in names]
+        return catalog.table_index["checks"], [encode.check(c) for c in found]
+    return Read(run, tables=("checks", "nodes") if meta else ("checks",), consistency_header=True)

@@ -1,11 +1,13 @@
-"""/v1/kv/<key>: get (raw, recurse, keys with separator), put (flags, cas), delete (recurse, cas)."""
+"""/v1/kv/<key>: get (raw, recurse, keys with separator), put (flags, cas),
+delete (recurse, cas)."""
 
 from __future__ import annotations
 
-from agent.errors import InvalidRequest
-from agent.fsm.commands import KVOperation
+from agent.errors import InvalidRequest, WaypostError
+from agent.facade import KVOperation
 from agent.structs import KVEntry
-from gateway.http.decode import flag, uint
+from gateway.http.api import TEXT, VARY
+from gateway.http.decode import flag
 from gateway.http.encode import kv as encode_kv
 from gateway.http.protocol import Response
 from gateway.http.results import MISSING, Raw, Read
@@ -31,8 +33,6 @@ def _get(request, key: str) -> Read:
             return index, keys if keys else MISSING
         return Read(run, kv_prefixes=(key,))
     if "recurse" in request.query:
-
-
         def run(store):
             index, entries = store.kv.list(key)
             return index, [encode_kv(e) for e in entries] if entries else MISSING
@@ -40,7 +40,6 @@ def _get(request, key: str) -> Read:
     if not key:
         raise InvalidRequest("Missing key name")
     raw = flag(request, "raw")
-
 
     def run(store):
         index, entry = store.kv.get(key)
@@ -52,6 +51,20 @@ def _get(request, key: str) -> Read:
     return Read(run, kv_prefixes=(key,))
 
 
+def _go_uint(request, name: str) -> int | None:
+    """Consul parses ?flags and ?cas with strconv.ParseUint and returns its error as a 500."""
+    values = request.query.get(name)
+    if values is None:
+        return None
+    text = values[0]
+    if not text.isascii() or not text.isdigit():
+        raise WaypostError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    value = int(text)
+    if value >= 1 << 64:
+        raise WaypostError(f'strconv.ParseUint: parsing "{text}": value out of range')
+    return value
+
+
 def _check_key(key: str) -> None:
     if not key:
         raise InvalidRequest("Missing key name")
@@ -60,14 +73,15 @@ def _check_key(key: str) -> None:
 def _put(facade, request, key: str):
     _check_key(key)
     if "acquire" in request.query or "release" in request.query:
-        raise InvalidRequest("Sessions are not supported yet: ?acquire and ?release are unavailable")
-    flags = uint(request, "flags", "Invalid flags") or 0
-    cas = uint(request, "cas", "Invalid cas index")
+        raise InvalidRequest("Sessions are not supported yet: "
+                             "?acquire and ?release are unavailable")
+    flags = _go_uint(request, "flags") or 0
+    cas = _go_uint(request, "cas")
     limit = facade.config.kv_max_value_size
     if len(request.body) > limit:
-        return Response(413, (f"Request body({len(request.body)} bytes) too large, max size: "
-                              f"{limit} bytes. See https://www.consul.io/docs/agent/options.html"
-                              f"#kv_max_value_size.").encode(), content_type=b"text/plain; charset=utf-8")
+        text = (f"Request body({len(request.body)} bytes) too large, max size: {limit} bytes. "
+                "See https://www.consul.io/docs/agent/options.html#kv_max_value_size.")
+        return Response(413, text.encode(), [VARY], content_type=TEXT)
     entry = KVEntry(key=key, value=request.body or None, flags=flags)
     if cas is not None:
         return facade.write(KVOperation("cas", entry, cas))
@@ -75,7 +89,7 @@ def _put(facade, request, key: str):
 
 
 def _delete(facade, request, key: str):
-    cas = uint(request, "cas", "Invalid cas index")
+    cas = _go_uint(request, "cas")
     if "recurse" in request.query:
         return facade.write(KVOperation("delete-tree", KVEntry(key=key)))
     _check_key(key)
