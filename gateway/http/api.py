@@ -8,7 +8,9 @@ or a thousand woken blocking queries cost one encoding. Blocking queries park on
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
+from urllib.parse import urlencode
 
 import txaio
 from twisted.internet.defer import Deferred
@@ -32,6 +34,8 @@ VARY = (b"Vary", b"Accept-Encoding")
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
 CACHE_LIMIT = 4096
+# A "%" not followed by two hex digits: Go's URL parser refuses the request line (400).
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 _ERROR_STATUS = [(InvalidRequest, 400), (PermissionDenied, 403), (NotFound, 404),
                  (UnknownDatacenter, 500), (WaypostError, 500)]
@@ -71,6 +75,13 @@ class HTTPAPI:
             cached = self._cache.get((request.path, request.raw_query))
             if cached is not None and cached.store_index == self.store.index:
                 return cached.response
+        raw_path = request.raw_path
+        if b"%" in raw_path:
+            bad = _BAD_ESCAPE.search(raw_path)
+            if bad is not None:
+                escape = raw_path[bad.start():bad.start() + 3].decode("latin-1")
+                return Response(400, f'Bad request: invalid URL escape "{escape}"'.encode(),
+                                [VARY], content_type=TEXT)
         route, arg = self.routes.match(request.path)
         if route is None:
             return Response(404, b"", content_type=None)
@@ -110,8 +121,10 @@ class HTTPAPI:
         """The same read, whatever index/wait it blocks with: (path, query without them)."""
         query = request.query
         if "index" in query or "wait" in query:
-            rest = "&".join(f"{k}={v}" for k, vs in sorted(query.items())
-                            if k not in ("index", "wait") for v in vs)
+            # Canonically encoded, so it can only equal a raw query that means the same
+            # (plain "k=v" joining made `?tag=a%26b&index=5` share `?tag=a&b`'s entry).
+            rest = urlencode([(k, v) for k, vs in sorted(query.items())
+                              if k not in ("index", "wait") for v in vs])
             return (request.path, rest.encode())
         return (request.path, request.raw_query)
 

@@ -24,8 +24,6 @@ SERVICE_MAINT_PREFIX = "_service_maintenance:"
 # /v1/agent/health/service/* answers a load balancer: the status code is the verdict.
 HEALTH_CODES = {structs.PASSING: 200, structs.WARNING: 429, structs.CRITICAL: 503}
 
-SCRIPTS_DISABLED = ("Scripts are disabled on this agent; to enable, configure "
-                    "'enable_script_checks' to true")
 
 
 def self_info(facade, request, params, arg):
@@ -108,15 +106,8 @@ def checks(facade, request, params, arg):
             for cid, lc in sorted(facade.local.checks.items())}
 
 
-def _refuse_scripts(specs) -> None:
-    for spec in specs:
-        if spec.type == "script":
-            raise InvalidRequest(SCRIPTS_DISABLED)
-
-
 def register_service(facade, request, params, arg):
     definition = parse_service_definition(json_body(request), facade.schemas)
-    _refuse_scripts(definition.checks)
     return facade.local.add_service(definition).addCallback(lambda _: EMPTY)
 
 
@@ -126,7 +117,6 @@ def deregister_service(facade, request, params, service_id: str):
 
 def register_check(facade, request, params, arg):
     spec = parse_check_definition(json_body(request), facade.schemas)
-    _refuse_scripts([spec])
     return facade.local.add_check(spec).addCallback(lambda _: EMPTY)
 
 
