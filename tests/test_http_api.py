@@ -204,8 +204,6 @@ def test_agent_service_register_bad_json_is_400(agent):
     assert body.startswith(b"Request decode failed: ")
 
 
-@pytest.mark.xfail(reason="gateway/http/decode.py json_body reports Python's JSON error text, "
-                          "not Go's encoding/json text", strict=True)
 def test_agent_service_register_bad_json_text(agent):
     answer = agent.request("PUT", "/v1/agent/service/register", '{"Name":')
     assert_text_error(answer, *_ref_error(12))
@@ -730,8 +728,6 @@ def test_unknown_datacenter(agent, path):
     assert_text_error(agent.request("GET", path + "?dc=dc2"), 500, "No path to datacenter")
 
 
-@pytest.mark.xfail(reason="gateway/http/api.py applies ?dc to /v1/agent/* and /v1/status/*, "
-                          "which Consul answers locally", strict=True)
 def test_agent_endpoints_ignore_datacenter(agent):
     assert agent.request("GET", "/v1/agent/self?dc=dc2")[0] == 200
 

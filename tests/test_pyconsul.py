@@ -374,10 +374,6 @@ def test_agent_service_reregister_replace_existing_checks(c):
     c.agent.service.deregister("pc-rr-1")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/local/state.py LocalState.add_service always drops the old definition's checks on "
-    "re-registration; Consul 1.8 keeps them unless ?replace-existing-checks is given "
-    "(handlers/agent.py register_service must pass that flag through)"))
 def test_agent_service_reregister_keeps_existing_checks(c):
     c.agent.service.register("pc-keep", service_id="pc-keep-1",
                              check={"CheckID": "pc-keep-a", "TTL": "30s"})

@@ -77,7 +77,8 @@ class LocalState:
 
     # --- services ---
 
-    def add_service(self, definition: ServiceDefinition, source: str = API) -> Deferred:
+    def add_service(self, definition: ServiceDefinition, source: str = API,
+                    replace_existing_checks: bool = False) -> Deferred:
         for spec in definition.checks:
             self._allow_check(spec, source)
         node = self._node()
@@ -86,12 +87,14 @@ class LocalState:
         self.services[service.id] = service
         self.service_sources[service.id] = source
         checks = [self._install_check(spec, service, source) for spec in definition.checks]
-        # Maintenance of the service survives a re-registration.
-        maint = self.checks.get(SERVICE_MAINT_PREFIX + service.id)
-        if maint is not None:
-            checks.append(self._refresh_service_fields(maint, service))
-        if old is not None:
-            # Checks the old definition had and the new one dropped go away, as in Consul.
+        # Checks the new definition does not name (maintenance among them) stay with the
+        # service unless the caller asks to replace them; they carry its new name and tags.
+        named = {c.check_id for c in checks}
+        for local in list(self.checks.values()):
+            if (local.check.service_id == service.id and local.check.check_id not in named
+                    and not (replace_existing_checks and local.spec.type != "maintenance")):
+                checks.append(self._refresh_service_fields(local, service))
+        if old is not None and replace_existing_checks:
             keep = {c.check_id for c in checks}
             for check_id in [cid for cid, lc in self.checks.items()
                              if lc.check.service_id == service.id and cid not in keep]:

@@ -92,7 +92,8 @@ class HTTPAPI:
                             [(b"Allow", route.allow), VARY], content_type=TEXT)
         try:
             params = parse_query_params(request.query, self.pretty, self.rng)
-            self.facade.check_datacenter(params.dc)
+            if not route.local:
+                self.facade.check_datacenter(params.dc)
             result = route.handler(self.facade, request, params, arg)
         except WaypostError as exc:
             return error_response(exc)

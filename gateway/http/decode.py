@@ -31,17 +31,55 @@ def json_body(request: Request, required: bool = True) -> Any:
         raise InvalidRequest(f"Request decode failed: invalid UTF-8: {exc.reason} "
                              f"at byte {exc.start}") from None
     try:
-        value = json.loads(text)
+        # Like Go's json.Decoder, read the first value and ignore what follows it.
+        value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
     except RecursionError:
         raise InvalidRequest("Request decode failed: exceeded max depth") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"Request decode failed: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request decode failed: {go_json_error(text, exc)}") from None
     # Cheap C-speed pre-checks keep the walks off the common path.
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
         raise InvalidRequest("Request decode failed: exceeded max depth")
     if _SURROGATE_ESCAPE.search(text):
         value = _replace_surrogates(value)
     return value
+
+
+def go_json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """Go's encoding/json wording for the error, which clients and the reference answers show."""
+    if exc.pos >= len(text.rstrip()):
+        return "unexpected EOF"
+    char = text[exc.pos]
+    where = {"Expecting value": "looking for beginning of value",
+             "Expecting property name enclosed in double quotes":
+                 "looking for beginning of object key string",
+             "Expecting ':' delimiter": "after object key",
+             "Expecting ',' delimiter": "after object key:value pair"
+             if _inside_object(text, exc.pos) else "after array element"}.get(exc.msg)
+    if where is None:
+        return f"invalid character {char!r} in JSON ({exc.msg})"
+    return f"invalid character {char!r} {where}"
+
+
+def _inside_object(text: str, pos: int) -> bool:
+    """Whether the innermost open bracket before `pos` is an object's (strings ignored)."""
+    stack = []
+    in_string = escaped = False
+    for ch in text[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}" and stack:
+            stack.pop()
+    return bool(stack) and stack[-1] == "{"
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

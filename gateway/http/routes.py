@@ -6,9 +6,11 @@ from typing import Any, Callable, Iterable
 
 
 class Route:
-    __slots__ = ("path", "methods", "handler", "allow", "prefix")
+    __slots__ = ("path", "methods", "handler", "allow", "prefix", "local")
 
-    def __init__(self, path: str, methods: Iterable[str], handler: Callable[..., Any], prefix: bool) -> None:
+    def __init__(self, path: str, methods: Iterable[str], handler: Callable[..., Any], prefix: bool,
+                 local: bool = False) -> None:
+        self.local = local  # answered by this agent itself, so ?dc does not apply
         self.path = path
         methods = tuple(methods)
         self.methods = frozenset(methods)
@@ -23,10 +25,11 @@ class RouteTable:
         self._exact: dict[str, Route] = {}
         self._prefixes: list[Route] = []
 
-    def add(self, path: str, methods: Iterable[str], handler: Callable[..., Any]) -> None:
+    def add(self, path: str, methods: Iterable[str], handler: Callable[..., Any], *,
+            local: bool = False) -> None:
         """`path` ending in "/" matches everything below it; the rest is the handler's `arg`."""
         prefix = path.endswith("/")
-        route = Route(path, methods, handler, prefix)
+        route = Route(path, methods, handler, prefix, local)
         if prefix:
             self._prefixes.append(route)
             self._prefixes.sort(key=lambda r: len(r.path), reverse=True)

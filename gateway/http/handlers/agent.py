@@ -14,7 +14,7 @@ from agent.facade import (
 )
 from gateway.http import encode, encode_self
 from gateway.http.api import VARY
-from gateway.http.decode import json_body
+from gateway.http.decode import flag, json_body
 from gateway.http.protocol import Response
 from gateway.http.results import EMPTY
 
@@ -108,7 +108,9 @@ def checks(facade, request, params, arg):
 
 def register_service(facade, request, params, arg):
     definition = parse_service_definition(json_body(request), facade.schemas)
-    return facade.local.add_service(definition).addCallback(lambda _: EMPTY)
+    replace = flag(request, "replace-existing-checks")
+    return facade.local.add_service(definition, replace_existing_checks=replace).addCallback(
+        lambda _: EMPTY)
 
 
 def deregister_service(facade, request, params, service_id: str):
