@@ -16,10 +16,12 @@ from twisted.internet.task import LoopingCall
 
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
+from agent.errors import InvalidRequest
 from agent.facade import AgentFacade, Member
 from agent.fsm.apply import FSM
 from agent.fsm.commands import Register
-from agent.local.state import LocalState
+from agent.local.antientropy import AntiEntropy
+from agent.local.state import CONFIG, LocalState
 from agent.schemas import SchemaSet
 from agent.single_server import SingleServerLog
 from agent.state import snapshot
@@ -28,6 +30,7 @@ from agent.state.store import StateStore
 txaio.use_twisted()
 
 SNAPSHOT_INTERVAL = 5.0  # seconds between snapshots of a changed store (until the Raft log lands)
+CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
 
 
 class Agent(MultiService):
@@ -40,7 +43,15 @@ class Agent(MultiService):
         self.store = StateStore()
         self.fsm = FSM(self.store, report_error=self._report_error)
         self.raft = SingleServerLog(self.fsm)
-        self.local = LocalState(reactor, self.node, self.raft.apply)
+        self.local = LocalState(reactor, self.node, self.raft.apply,
+                                runner_factory=self._make_runner,
+                                enable_script_checks=getattr(config, "enable_script_checks", False),
+                                enable_local_script_checks=getattr(
+                                    config, "enable_local_script_checks", False))
+        self.antientropy = AntiEntropy(reactor, self.local, self.store, self.node, self.raft.apply,
+                                       keep_services=frozenset({"consul"} if config.server else ()),
+                                       keep_checks=frozenset({structs.SERF_CHECK_ID}))
+        self._reaper: LoopingCall | None = None
         self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
         self._saved_index = 0
@@ -48,6 +59,27 @@ class Agent(MultiService):
         self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names))
+
+    def _make_runner(self, spec, notifier):
+        from agent.checks.factory import make_runner
+        return make_runner(spec, self.reactor, notifier, store_reader=self._alias_statuses,
+                           watch=self._watch_catalog, local_node=self.config.node_name,
+                           docker_host=os.environ.get("DOCKER_HOST"))
+
+    def _alias_statuses(self, node: str, service_id: str) -> list[str] | None:
+        """Statuses an alias check aggregates; None when what it names does not exist."""
+        catalog = self.store.catalog
+        if node not in catalog.nodes:
+            return None
+        if service_id:
+            service = catalog.services.get(node, {}).get(service_id)
+            if service is None:
+                return None
+            return [c.status for c in catalog.instance_checks(service)]
+        return [c.status for c in catalog.node_checks(node)]
+
+    def _watch_catalog(self, callback):
+        return self.store.watch(callback, tables=("nodes", "services", "checks"))
 
     def _report_error(self, exc: BaseException) -> None:
         self.log.error("error in a state watcher: {exc!r}", exc=exc)
@@ -130,14 +162,69 @@ class Agent(MultiService):
                              name=structs.SERF_CHECK_NAME, status=structs.PASSING,
                              output=structs.SERF_ALIVE_OUTPUT)
         self.raft.apply(Register(node=node, service=consul if c.server else None, checks=(serf,)))
+        self._register_config(self.config)
+        self.local.start()
+        self.antientropy.start()
+        self._reaper = LoopingCall(self.local.reap_critical)
+        self._reaper.clock = self.reactor
+        self._reaper.start(CHECK_REAP_INTERVAL, now=False)
         if self.snapshot_path() is not None:
             self._saver = LoopingCall(self.save_snapshot)
             self._saver.clock = self.reactor
             self._saver.start(SNAPSHOT_INTERVAL, now=False)
         super().startService()
 
+    def _register_config(self, config: AgentConfig) -> None:
+        for definition in getattr(config, "services", ()):
+            self.local.add_service(definition, source=CONFIG, replace_existing_checks=True)
+        for spec in getattr(config, "checks", ()):
+            self.local.add_check(spec, source=CONFIG)
+
+    def apply_config(self, new: AgentConfig) -> None:
+        """Reload: take the new config's services, checks and settings without a restart.
+
+        Services and checks from the old config that the new one lacks go away, changed ones
+        are replaced, unchanged checks keep their state (a TTL that was passing stays passing).
+        Everything is validated before anything changes; on error the old config stays.
+        """
+        local = self.local
+        saved = (local.enable_script_checks, local.enable_local_script_checks)
+        local.enable_script_checks = getattr(new, "enable_script_checks", False)
+        local.enable_local_script_checks = getattr(new, "enable_local_script_checks", False)
+        try:
+            for definition in getattr(new, "services", ()):
+                for spec in definition.checks:
+                    local._allow_check(spec, CONFIG)
+            for spec in getattr(new, "checks", ()):
+                local._allow_check(spec, CONFIG)
+                if spec.service_id and spec.service_id not in local.services and not any(
+                        d.service.id == spec.service_id for d in getattr(new, "services", ())):
+                    raise InvalidRequest(f'ServiceID "{spec.service_id}" does not exist')
+        except Exception:
+            local.enable_script_checks, local.enable_local_script_checks = saved
+            raise
+        new_services = {d.service.id for d in getattr(new, "services", ())}
+        for service_id, source in list(local.service_sources.items()):
+            if source == CONFIG and service_id not in new_services:
+                local.remove_service(service_id)
+        new_checks = {s.check_id for s in getattr(new, "checks", ())}
+        for check_id, lc in list(local.checks.items()):
+            if lc.source == CONFIG and not lc.check.service_id and check_id not in new_checks:
+                local.remove_check(check_id)
+        self._register_config(new)
+        self.config = new
+        self.facade.config = new
+        for listener in list(self.facade.reload_listeners):
+            try:
+                listener(new)
+            except Exception:
+                self.log.failure("a reload listener failed")
+
     def stopService(self):
         self.local.stop()
+        self.antientropy.stop()
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
         if self._saver is not None and self._saver.running:
             self._saver.stop()
         self.save_snapshot()

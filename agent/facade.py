@@ -60,6 +60,11 @@ class AgentFacade:
         self._members = members
         self._stats = stats
         self.plugin_names = plugin_names
+        # Re-reads the configuration (set by whoever started the agent from files); fires when
+        # applied, fails with the reason when the new configuration is bad.
+        self.reload: Callable[[], Deferred] | None = None
+        # Called with the new config after a reload was applied (frontends re-read settings).
+        self.reload_listeners: list[Callable[[AgentConfig], None]] = []
 
     def write(self, command: Any) -> Deferred:
         """Commit a command; fires with its result once applied."""

@@ -5,7 +5,10 @@ This and the console script are the only places that import the global reactor.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from typing import Callable
 
 import txaio
 from twisted.logger import (
@@ -16,7 +19,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from twisted.internet.defer import Deferred, fail, succeed
+
 from agent.config.model import WAYPOST_VERSION, AgentConfig
+from agent.errors import WaypostError
 
 _LEVELS = {"trace": LogLevel.debug, "debug": LogLevel.debug, "info": LogLevel.info,
            "warn": LogLevel.warn, "error": LogLevel.error}
@@ -48,7 +54,31 @@ def start_logging(level: str, use_syslog: bool) -> None:
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
 
 
-def run_agent(config: AgentConfig) -> int:
+def install_reload(server, reactor, reload_config: Callable[[], AgentConfig], log) -> None:
+    """SIGHUP, `PUT /v1/agent/reload` and `waypost reload` re-read the config files.
+
+    One reload runs at a time; a bad file leaves the running config alone and is reported.
+    """
+    facade = server.agent.facade
+
+    def reload() -> Deferred:
+        try:
+            new = reload_config()
+            server.agent.apply_config(new)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, the agent runs on
+            log.error("Error reloading configuration: {exc}", exc=exc)
+            return fail(WaypostError(f"Failed reloading configuration: {exc}"))
+        log.info("Configuration reloaded")
+        return succeed(None)
+
+    facade.reload = reload
+    def on_sighup(*_):
+        # The outcome is logged by reload(); nothing waits on this Deferred.
+        reactor.callFromThread(lambda: reload().addErrback(lambda _: None))
+    signal.signal(signal.SIGHUP, on_sighup)
+
+
+def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | None = None) -> int:
     from twisted.internet import reactor
 
     from gateway.server import WaypostServer
@@ -56,7 +86,15 @@ def run_agent(config: AgentConfig) -> int:
     start_logging(config.log_level, config.enable_syslog)
     log = txaio.make_logger()
     server = WaypostServer(config, reactor)
+    if reload_config is not None:
+        install_reload(server, reactor, reload_config, log)
+    for key in getattr(config, "unsupported", ()):
+        log.warn("configuration key {key!r} is accepted but not supported yet", key=key)
     failed = []
+    pid_file = getattr(config, "pid_file", "")
+    if pid_file:
+        with open(pid_file, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
 
     def start():
         try:

@@ -96,7 +96,7 @@ def test_example_plugin_follows_catalog(tmp_path):
         assert plugin.calls == 1
         assert any("plugin bug" in repr(e.get("log_failure")) for e in errors)
         assert any("frontend bug" in repr(e.get("log_failure")) for e in errors)
-        assert sorted(facade.plugin_names()) == ["broken", "http", "upstreams"]
+        assert sorted(facade.plugin_names()) == ["broken", "http", "upstreams", "watches"]
     finally:
         globalLogPublisher.removeObserver(observer)
         yield server.stopService()

@@ -1,23 +1,33 @@
-"""`waypost agent`: build the core, load frontends and plugins, run the reactor until a signal."""
+"""`waypost agent`: build the core, load frontends and plugins, run the reactor until a signal.
+
+Flags are Consul's. `flag_values` turns them into a dict shaped like a config file, which
+`agent.config.load.load_agent_config` merges over the files (flags win; list flags come first
+in the lists, as in Consul).
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from gateway.cli.flags import FlagError, FlagSet, HelpRequested
-
-LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
 def flag_set() -> FlagSet:
     return (FlagSet("agent")
-            .bool("dev", help="Start a single in-memory server on 127.0.0.1 with everything enabled.")
+            .bool("dev",
+                  help="Start a single in-memory server on 127.0.0.1 with everything enabled.")
             .bool("server", default=None, help="Run as a server.")
-            .int("bootstrap-expect", default=None, help="Accepted for compatibility; clustering comes with Raft.")
+            .bool("bootstrap", default=None,
+                  help="Elect this server leader without peers. Not supported yet.")
+            .int("bootstrap-expect", default=None,
+                 help="Servers to wait for before bootstrapping. Not supported yet.")
             .string("node", help="Name of this node (default: the host name).")
             .string("node-id", help="A UUID for this node.")
             .string("datacenter", help="Datacenter of this agent (default dc1).")
             .string("domain", help="DNS domain (default consul.).")
+            .string("alt-domain", help="A second DNS domain answered like -domain.")
+            .strings("recursor", help="An upstream DNS server; repeatable.")
             .string("client", help="Address the HTTP and DNS interfaces bind to.")
             .string("bind", help="Address for cluster communication.")
             .string("advertise", help="Address to advertise to other nodes.")
@@ -26,20 +36,38 @@ def flag_set() -> FlagSet:
             .int("server-port", default=None, help="Server RPC port (default 8300).")
             .int("serf-lan-port", default=None, help="Serf LAN port (default 8301).")
             .int("serf-wan-port", default=None, help="Serf WAN port (default 8302).")
+            .strings("join", help="An agent to join at start; repeatable. Not supported yet.")
+            .strings("retry-join",
+                     help="An agent to join at start, retried; repeatable. Not supported yet.")
+            .string("encrypt", help="Base64 gossip encryption key. Not supported yet.")
             .string("data-dir", help="Directory for state.")
-            .strings("config-dir", help="A directory of *.json config files; repeatable.")
+            .strings("config-dir",
+                     help="A directory of *.json config files, read in name order; repeatable.")
             .strings("config-file", help="A JSON config file; repeatable.")
             .string("log-level", help="trace, debug, info, warn or error (default info).")
             .bool("syslog", default=None, help="Also log to syslog.")
-            .bool("ui", default=None, help="Accepted for compatibility."))
+            .string("pid-file", help="Write the agent's process id to this file.")
+            .bool("enable-script-checks", default=None,
+                  help="Allow script checks, registered by config files or the HTTP API.")
+            .bool("enable-local-script-checks", default=None,
+                  help="Allow script checks from config files only.")
+            .bool("ui", default=None, help="Serve the web UI. Not supported yet."))
 
 
-def _flag_values(v) -> dict:
+def flag_values(v) -> dict[str, Any]:
+    """The flags given, as config-file keys (``None``/empty: not given)."""
     ports = {k: getattr(v, f"{k}_port") for k in ("http", "dns", "server", "serf_lan", "serf_wan")}
-    out = {"node_name": v.node, "node_id": v.node_id, "datacenter": v.datacenter,
-           "domain": v.domain, "client_addr": v.client, "bind_addr": v.bind,
-           "advertise_addr": v.advertise, "data_dir": v.data_dir, "log_level": v.log_level,
-           "enable_syslog": v.syslog, "server": v.server}
+    out: dict[str, Any] = {
+        "node_name": v.node, "node_id": v.node_id, "datacenter": v.datacenter,
+        "domain": v.domain, "alt_domain": v.alt_domain, "client_addr": v.client,
+        "bind_addr": v.bind, "advertise_addr": v.advertise, "data_dir": v.data_dir,
+        "log_level": v.log_level, "enable_syslog": v.syslog, "server": v.server,
+        "bootstrap": v.bootstrap, "bootstrap_expect": v.bootstrap_expect,
+        "recursors": v.recursor, "start_join": v.join, "retry_join": v.retry_join,
+        "encrypt": v.encrypt, "pid_file": v.pid_file, "ui": v.ui,
+        "enable_script_checks": v.enable_script_checks,
+        "enable_local_script_checks": v.enable_local_script_checks,
+    }
     given_ports = {k: p for k, p in ports.items() if p is not None}
     if given_ports:
         out["ports"] = given_ports
@@ -59,15 +87,17 @@ def main(argv: list[str]) -> int:
     if rest:
         print(f"Error: unexpected arguments: {' '.join(rest)}", file=sys.stderr)
         return 1
-    from agent.config.load import ConfigError, build_config, config_files
+    from agent.config.load import ConfigError, load_agent_config
+    files, dirs, flags = list(values.config_file), list(values.config_dir), flag_values(values)
     try:
-        files = config_files(values.config_file, values.config_dir)
-        config = build_config(files, _flag_values(values), dev=values.dev)
+        config = load_agent_config(files, dirs, flags, dev=values.dev)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    if config.log_level.lower() not in LOG_LEVELS:
-        print(f"Error: invalid log level {config.log_level!r}", file=sys.stderr)
-        return 1
     from gateway.runner import run_agent
-    return run_agent(config)
+
+    # A reload (SIGHUP, `waypost reload`) re-reads every file and directory. The node's name
+    # and ID cannot change while it runs (as in Consul), so a random ID stays the same.
+    pinned = {**flags, "node_name": config.node_name, "node_id": config.node_id}
+    return run_agent(config, reload_config=lambda: load_agent_config(files, dirs, pinned,
+                                                                     dev=values.dev))

@@ -22,8 +22,11 @@ from gateway.cli.commands import (
     catalog,
     execute,
     kv,
+    maint,
     members,
+    reload,
     services,
+    watch,
 )
 from gateway.cli.flags import FlagError
 from gateway.cli.http_client import AgentError
@@ -44,6 +47,9 @@ def _commands() -> Mapping[str, Command | Group]:
         "kv": kv.GROUP,
         "catalog": catalog.GROUP,
         "services": services.GROUP,
+        "maint": maint.COMMAND,
+        "reload": reload.COMMAND,
+        "watch": watch.COMMAND,
     }
 
 

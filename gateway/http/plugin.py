@@ -11,7 +11,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from gateway.hookspecs import hookimpl
 from gateway.http.api import HTTPAPI
-from gateway.http.handlers import agent, catalog, health, kv, status
+from gateway.http.handlers import agent, catalog, health, kv, maintenance, status
 from gateway.http.protocol import HTTPFactory
 from gateway.http.routes import RouteTable
 
@@ -47,6 +47,9 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/check/warn/", PUT, agent.check_warn, local=True)
     t.add("/v1/agent/check/fail/", PUT, agent.check_fail, local=True)
     t.add("/v1/agent/check/update/", PUT, agent.check_update, local=True)
+    t.add("/v1/agent/maintenance", PUT, maintenance.node, local=True)
+    t.add("/v1/agent/service/maintenance/", PUT, maintenance.service, local=True)
+    t.add("/v1/agent/reload", PUT, maintenance.reload, local=True)
     t.add("/v1/status/leader", GET, status.leader, local=True)
     t.add("/v1/status/peers", GET, status.peers, local=True)
     return t
