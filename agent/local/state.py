@@ -17,6 +17,7 @@ import txaio
 from twisted.internet.defer import Deferred, succeed
 
 from agent import structs
+from agent.checks.base import cap_output
 from agent.definitions import CheckSpec, ServiceDefinition
 from agent.errors import InvalidRequest, NotFound, WaypostError
 from agent.fsm.commands import Deregister, Register
@@ -24,7 +25,6 @@ from agent.structs import Check, Node, Service, ServiceAddress
 
 txaio.use_twisted()
 
-OUTPUT_MAX = 4096
 API, CONFIG = "api", "config"  # where a registration came from; reload replaces CONFIG ones
 NODE_MAINT_ID = "_node_maintenance"
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
@@ -136,13 +136,14 @@ class LocalState:
         if status not in (structs.PASSING, structs.WARNING, structs.CRITICAL):
             raise InvalidRequest(f'Unknown check status: "{status}"')
         self._arm_ttl(local)
-        return self._set_status(local, status, output[:OUTPUT_MAX])
+        return self._set_status(local, status, cap_output(output))
 
     def update_check(self, check_id: str, status: str, output: str) -> None:
         """The runners' notifier: a check run finished with this result."""
         local = self.checks.get(check_id)
         if local is not None:
-            self._set_status(local, status, output[:OUTPUT_MAX])
+            # Runners bound their output already, in Consul's per-type formats.
+            self._set_status(local, status, output)
 
     # --- maintenance ---
 
@@ -275,7 +276,7 @@ class LocalState:
             return
         local.timer = None
         output = f"TTL expired (last output before timeout follows): {local.check.output}"
-        self._set_status(local, structs.CRITICAL, output[:OUTPUT_MAX])
+        self._set_status(local, structs.CRITICAL, cap_output(output))
 
     def _set_status(self, local: LocalCheck, status: str, output: str) -> Deferred:
         if status == structs.CRITICAL:
