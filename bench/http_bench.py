@@ -38,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_agent(consul: str | None, port: int) -> subprocess.Popen:
+def start_agent(consul: str | None, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     dns = free_port()
     if consul:
         data = tempfile.mkdtemp(prefix="consul-bench-")
@@ -51,6 +51,7 @@ def start_agent(consul: str | None, port: int) -> subprocess.Popen:
     else:
         cmd = [sys.executable, "-m", "gateway.cli.main", "agent", "-dev", "-node", "bench",
                "-http-port", str(port), "-dns-port", str(dns), "-log-level", "error"]
+    cmd += extra or []
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     deadline = time.monotonic() + 30
