@@ -30,6 +30,10 @@ def _as_deferred(result: Any) -> Deferred:
     return succeed(result)
 
 
+class PluginConfigError(ValueError):
+    """A plugin's settings do not match the schema it declares."""
+
+
 class PluginHost:
     log = txaio.make_logger()
 
@@ -84,6 +88,29 @@ class PluginHost:
                 continue
             services.extend(result or ())
         return services
+
+    def validate_config(self, settings: dict) -> None:
+        """Check each plugin's settings against the schema it declares, before anything starts.
+
+        Raises `PluginConfigError` naming `plugins.<name>` and the offending path.
+        """
+        import jsonschema
+        names = set(self.names())
+        for name, value in settings.items():
+            if name not in names:
+                raise PluginConfigError(f"plugins.{name}: no plugin of that name is loaded "
+                                        f"(loaded: {', '.join(sorted(names))})")
+            plugin = self.pm.get_plugin(name)
+            impl = next((i for i in self._impls("waypost_config_schema") if i.plugin is plugin), None)
+            schema = impl.function() if impl is not None else None
+            if schema is None:
+                raise PluginConfigError(f"plugins.{name}: this plugin takes no settings")
+            validator = jsonschema.Draft202012Validator(schema)
+            error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path)
+                raise PluginConfigError(f"plugins.{name}{'/' + where if where else ''}: "
+                                        f"{error.message}")
 
     def wants_catalog(self) -> bool:
         return bool(self._impls("waypost_catalog_changed") or self._impls("waypost_agent_started"))

@@ -81,11 +81,16 @@ def install_reload(server, reactor, reload_config: Callable[[], AgentConfig], lo
 def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | None = None) -> int:
     from twisted.internet import reactor
 
+    from gateway.host import PluginConfigError
     from gateway.server import WaypostServer
 
     start_logging(config.log_level, config.enable_syslog)
     log = txaio.make_logger()
-    server = WaypostServer(config, reactor)
+    try:
+        server = WaypostServer(config, reactor)
+    except PluginConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     if reload_config is not None:
         install_reload(server, reactor, reload_config, log)
     for key in getattr(config, "unsupported", ()):

@@ -30,6 +30,7 @@ class WaypostServer(MultiService):
         self.agent.setServiceParent(self)
         self.host = PluginHost(reactor, allow=allow, autoload=autoload, plugins=plugins)
         self.agent.plugin_names[:] = self.host.names()
+        self.host.validate_config(dict(config.plugins))
         self.frontends = MultiService()
         for service in self.host.frontends(self.agent.facade, dict(config.plugins)):
             service.setServiceParent(self.frontends)

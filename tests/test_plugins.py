@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
@@ -154,3 +155,25 @@ def test_http_api_is_an_entry_point_plugin():
 def test_allowlist_limits_plugins():
     host = PluginHost(task.Clock(), allow=[])
     assert host.names() == []
+
+
+class Configurable:
+    @hookimpl
+    def waypost_config_schema(self):
+        return {"type": "object", "properties": {"size": {"type": "integer"}},
+                "additionalProperties": False}
+
+
+def test_plugin_settings_are_validated_against_their_schema():
+    from gateway.host import PluginConfigError
+    host = PluginHost(task.Clock(), autoload=False,
+                      plugins=[("conf", Configurable()), ("plain", UpstreamsFile("/dev/null"))])
+    host.validate_config({"conf": {"size": 3}})
+    with pytest.raises(PluginConfigError, match=r"plugins.conf/size: 'x' is not of type 'integer'"):
+        host.validate_config({"conf": {"size": "x"}})
+    with pytest.raises(PluginConfigError, match="plugins.conf: Additional properties"):
+        host.validate_config({"conf": {"bogus": 1}})
+    with pytest.raises(PluginConfigError, match="plugins.plain: this plugin takes no settings"):
+        host.validate_config({"plain": {}})
+    with pytest.raises(PluginConfigError, match="plugins.nope: no plugin of that name"):
+        host.validate_config({"nope": {}})
