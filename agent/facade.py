@@ -63,6 +63,9 @@ class AgentFacade:
         # Re-reads the configuration (set by whoever started the agent from files); fires when
         # applied, fails with the reason when the new configuration is bad.
         self.reload: Callable[[], Deferred] | None = None
+        self._leader_known = True
+        # Called with True/False when a leader is found/lost (DNS drops its fresh answers).
+        self.leader_listeners: list[Callable[[bool], None]] = []
         # Called with the new config after a reload was applied (frontends re-read settings).
         self.reload_listeners: list[Callable[[AgentConfig], None]] = []
 
@@ -89,7 +92,14 @@ class AgentFacade:
         return [self.config.server_rpc_addr] if self.config.server else []
 
     def known_leader(self) -> bool:
-        return bool(self.leader())
+        return bool(self.leader()) and self._leader_known
+
+    def set_leader_known(self, known: bool) -> None:
+        """Called by the consensus layer when the leader is lost or found again."""
+        if known != self._leader_known:
+            self._leader_known = known
+            for listener in list(self.leader_listeners):
+                listener(known)
 
     def last_contact_ms(self) -> int:
         return 0  # we are the leader

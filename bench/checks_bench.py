@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import sys
 import threading
 import time

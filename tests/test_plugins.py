@@ -62,7 +62,7 @@ class Slow:
 
 def config(**kw) -> AgentConfig:
     return AgentConfig(node_name="plug", node_id="11111111-2222-3333-4444-555555555555",
-                       dev=True, ports=Ports(http=0), **kw)
+                       dev=True, ports=Ports(http=0, dns=0), **kw)
 
 
 def web(node: str, sid: str, port: int, status: str = "passing") -> Register:
@@ -97,7 +97,7 @@ def test_example_plugin_follows_catalog(tmp_path):
         assert plugin.calls == 1
         assert any("plugin bug" in repr(e.get("log_failure")) for e in errors)
         assert any("frontend bug" in repr(e.get("log_failure")) for e in errors)
-        assert sorted(facade.plugin_names()) == ["broken", "http", "upstreams", "watches"]
+        assert sorted(facade.plugin_names()) == ["broken", "dns", "http", "upstreams", "watches"]
     finally:
         globalLogPublisher.removeObserver(observer)
         yield server.stopService()

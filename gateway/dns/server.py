@@ -1,0 +1,287 @@
+"""The DNS frontend's sockets and its controller: cache, authority, recursors, stale answers.
+
+The UDP hot path is one dictionary lookup on the query's bytes and one write with the ID
+patched in; everything else (parsing, resolving, encoding) happens once per question and
+catalog change. Nothing a client sends can raise out of here: malformed queries get FORMERR
+(or are dropped when not even the header makes sense).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any
+
+import txaio
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+from agent.errors import NoLeader
+from gateway.dns import wire
+from gateway.dns.authority import Answer, ConsulAuthority  # noqa: F401 - Answer in annotations
+from gateway.dns.cache import VARIANTS, AnswerCache
+from gateway.dns.fit import encode_answer
+from gateway.dns.recursor import Forwarder
+
+txaio.use_twisted()
+
+STALE_TTL = 30  # RFC 8767's recommended TTL for answers served past their freshness
+TCP_IDLE = 10.0
+TCP_MAX_PENDING = 64
+
+
+def _with_ttl(records, ttl: int):
+    return [r._replace(ttl=ttl) for r in records]
+
+
+class DNSController:
+    """Turns a query packet into answer bytes (or a Deferred of them, or None to drop)."""
+
+    log = txaio.make_logger()
+
+    def __init__(self, facade, reactor, authority: ConsulAuthority, forwarder: Forwarder | None,
+                 *, rng: random.Random | None = None, cache_answers: bool = True) -> None:
+        self.facade = facade
+        self.reactor = reactor
+        self.authority = authority
+        self.forwarder = forwarder
+        self.rng = rng or random.Random()
+        self.cache_answers = cache_answers
+        self.udp_cache = AnswerCache()
+        self.tcp_cache = AnswerCache()
+        self.stale_served = 0
+        facade.store.on_commit.append(self._changed)
+        # Losing the leader makes every cached answer stale; finding it again, too old.
+        getattr(facade, "leader_listeners", []).append(lambda known: self._invalidate())
+
+    def _changed(self, index: int, tables) -> None:
+        if tables & {"nodes", "services", "checks"}:
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        self.udp_cache.invalidate()
+        self.tcp_cache.invalidate()
+
+    @property
+    def dns_config(self):
+        return self.facade.config.dns_config
+
+    def read_store(self):
+        """The state to answer from; NoLeader when no fresh enough state can be had.
+
+        With a leader, its state (in a one-server agent, ours). Without one, the local replica
+        still answers while `allow_stale` is on and it heard from a leader within `max_stale`.
+        """
+        facade = self.facade
+        if facade.known_leader():
+            return facade.store
+        config = self.dns_config
+        if config.allow_stale and facade.last_contact_ms() / 1000.0 <= config.max_stale:
+            return facade.store
+        raise NoLeader()
+
+    def answer(self, packet: bytes, udp: bool) -> bytes | defer.Deferred | None:
+        cache = self.udp_cache if udp else self.tcp_cache
+        key = packet[2:]
+        entry = cache.entries.get(key)
+        if entry is not None and entry.epoch == cache.epoch:
+            if entry.shuffle and len(entry.variants) < VARIANTS:
+                self._add_variant(entry, udp)
+            return packet[:2] + entry.next_variant()
+        try:
+            question = wire.parse_query(packet)
+        except wire.FormatError:
+            return wire.error_response(packet, wire.FORMERR)
+        try:
+            return self._resolve(packet, question, key, cache, entry, udp)
+        except Exception:  # noqa: BLE001 - a bug must cost one answer, not the server
+            self.log.failure("DNS query for {name!r} failed", name=question.name)
+            return wire.error_response(packet, wire.SERVFAIL)
+
+    def _resolve(self, packet: bytes, question: wire.Question, key: bytes, cache: AnswerCache,
+                 stale_entry, udp: bool):
+        if question.opcode != 0:
+            return wire.error_response(packet, wire.NOTIMP)
+        name = question.lower
+        recursion = self.forwarder is not None and bool(self.forwarder.recursors)
+        if self.authority.handles(name):
+            try:
+                store = self.read_store()
+            except NoLeader:
+                return self._serve_stale(packet, stale_entry, udp)
+            answer = self.authority.resolve(question, store, self.rng)
+            if answer is not None:
+                encoded = encode_answer(question, answer, self.dns_config, udp=udp,
+                                        recursion_available=recursion)
+                if self.cache_answers:
+                    shuffle = len(answer.answers) > 1
+                    cache.store(key, encoded[2:], shuffle, question, answer)
+                return packet[:2] + encoded[2:]
+        if recursion:
+            d = self.forwarder.forward(packet, tcp=not udp)
+            return d.addCallback(lambda reply: reply if reply is not None
+                                 else wire.error_response(packet, wire.SERVFAIL))
+        if name.endswith(".arpa"):
+            # A reverse name we do not know: say so, rather than refuse the whole zone.
+            encoded = wire.encode_response(question, wire.NXDOMAIN, authoritative=False)
+        else:
+            encoded = wire.encode_response(question, wire.REFUSED, authoritative=False,
+                                           echo_edns=False)
+        return packet[:2] + encoded[2:]
+
+    def _add_variant(self, entry, udp: bool) -> None:
+        try:
+            answer = self.authority.resolve(entry.question, self.read_store(), self.rng)
+        except Exception:  # noqa: BLE001 - keep serving the variants we have
+            entry.shuffle = False
+            return
+        if answer is None:
+            entry.shuffle = False
+            return
+        recursion = self.forwarder is not None and bool(self.forwarder.recursors)
+        encoded = encode_answer(entry.question, answer, self.dns_config, udp=udp,
+                                recursion_available=recursion)
+        entry.variants.append(encoded[2:])
+
+    def _serve_stale(self, packet: bytes, entry, udp: bool):
+        """No leader: the last answer we had, with a short TTL, beats SERVFAIL (RFC 8767)."""
+        if entry is None:
+            return wire.error_response(packet, wire.SERVFAIL)
+        self.stale_served += 1
+        answer: Answer = entry.answer
+        stale = answer._replace(answers=_with_ttl(answer.answers, STALE_TTL),
+                                authority=_with_ttl(answer.authority, STALE_TTL),
+                                additional=_with_ttl(answer.additional, STALE_TTL))
+        encoded = encode_answer(entry.question, stale, self.dns_config, udp=udp,
+                                recursion_available=False)
+        return packet[:2] + encoded[2:]
+
+
+class DNSDatagramProtocol(DatagramProtocol):
+    log = txaio.make_logger()
+
+    def __init__(self, controller: DNSController) -> None:
+        self.controller = controller
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        # The cached hot path is inlined: this runs for every packet.
+        controller = self.controller
+        cache = controller.udp_cache
+        entry = cache.entries.get(data[2:])
+        if entry is not None and entry.epoch == cache.epoch and not (
+                entry.shuffle and len(entry.variants) < VARIANTS):
+            variants = entry.variants
+            entry.turn = turn = (entry.turn + 1) % len(variants)
+            self.transport.write(data[:2] + variants[turn], addr)
+            return
+        try:
+            result = controller.answer(data, udp=True)
+        except Exception:  # noqa: BLE001 - never let a packet reach the reactor's error path
+            self.log.failure("DNS packet from {addr} failed", addr=addr)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallback(self._send, addr)
+            result.addErrback(lambda f: self.log.failure("forwarding failed", failure=f))
+        elif result is not None:
+            self._send(result, addr)
+
+    def _send(self, data: bytes | None, addr) -> None:
+        if data is not None and self.transport is not None:
+            self.transport.write(data, addr)
+
+
+class DNSStreamProtocol(Protocol):
+    """DNS over TCP: 2-byte length-prefixed messages, answered in order."""
+
+    log = txaio.make_logger()
+
+    def __init__(self, controller: DNSController, reactor) -> None:
+        self.controller = controller
+        self.reactor = reactor
+        self.buffer = b""
+        self.queue: list[Any] = []
+        self.timer = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.reactor.callLater(TCP_IDLE, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(TCP_IDLE)
+        while len(self.buffer) >= 2:
+            size = struct.unpack_from("!H", self.buffer)[0]
+            if len(self.buffer) < 2 + size:
+                return
+            message, self.buffer = self.buffer[2:2 + size], self.buffer[2 + size:]
+            if len(self.queue) >= TCP_MAX_PENDING:
+                self.transport.loseConnection()
+                return
+            try:
+                result = self.controller.answer(message, udp=False)
+            except Exception:  # noqa: BLE001
+                self.log.failure("DNS TCP query failed")
+                result = None
+            slot = [result]
+            self.queue.append(slot)
+            if isinstance(result, defer.Deferred):
+                slot[0] = None
+                result.addBoth(self._done, slot)
+            self._flush()
+
+    def _done(self, value, slot) -> None:
+        slot[0] = value if isinstance(value, bytes) else b""
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.queue and self.queue[0][0] is not None:
+            data = self.queue.pop(0)[0]
+            if data:
+                self.transport.write(struct.pack("!H", len(data)) + data)
+
+    def connectionLost(self, reason) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class DNSService(Service):
+    """Listens on UDP and TCP; the port numbers are known after start (port 0 in tests)."""
+
+    def __init__(self, controller: DNSController, reactor, host: str, port: int) -> None:
+        self.controller = controller
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.udp_port = None
+        self.tcp_port = None
+        self.name = "dns"
+
+    def startService(self) -> None:
+        self.udp_port = self.reactor.listenUDP(self.port, DNSDatagramProtocol(self.controller),
+                                               interface=self.host)
+        port = self.udp_port.getHost().port
+        factory = Factory.forProtocol(lambda: DNSStreamProtocol(self.controller, self.reactor))
+        factory.noisy = False
+        try:
+            self.tcp_port = self.reactor.listenTCP(port, factory, interface=self.host)
+        except Exception:
+            self.udp_port.stopListening()
+            raise
+        if self.controller.forwarder is not None:
+            self.controller.forwarder.start()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        waits = []
+        for port in (self.udp_port, self.tcp_port):
+            if port is not None:
+                waits.append(defer.maybeDeferred(port.stopListening))
+        if self.controller.forwarder is not None:
+            waits.append(defer.maybeDeferred(self.controller.forwarder.stop))
+        return defer.DeferredList(waits)
+
+    def bound_port(self) -> int | None:
+        return self.udp_port.getHost().port if self.udp_port is not None else None

@@ -1,0 +1,280 @@
+"""The DNS wire format, just what the Consul interface needs: parse a query, encode an answer.
+
+Hand-written for speed (this is the uncached path) and strictness: anything malformed raises
+`FormatError`, which the server answers with FORMERR or drops. Records are plain tuples of
+`Record`; names are strings without the trailing dot, compressed on the way out.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Sequence
+
+# Types and classes we answer.
+A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT, ANY = 1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 255
+IN = 1
+# Response codes.
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+# Header flag bits.
+QR, AA, TC, RD, RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
+OPCODE_MASK = 0x7800
+
+MIN_UDP = 512
+MAX_UDP = 65535
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
+_QTAIL = struct.Struct("!HH")
+_POINTER = struct.Struct("!H")
+
+
+class FormatError(ValueError):
+    """The packet is not a well-formed query."""
+
+
+class Question(NamedTuple):
+    id: int
+    flags: int
+    name: str  # as sent (case kept, no trailing dot); "" for the root
+    qtype: int
+    qclass: int
+    edns: bool  # the query carried an OPT record
+    udp_size: int  # the client's EDNS buffer size, or 512 without EDNS
+    question_end: int  # offset just past the question section in the query
+
+    @property
+    def lower(self) -> str:
+        return self.name.lower()
+
+    @property
+    def recursion_desired(self) -> bool:
+        return bool(self.flags & RD)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & OPCODE_MASK) >> 11
+
+
+class SRVData(NamedTuple):
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+class SOAData(NamedTuple):
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+class Record(NamedTuple):
+    """One resource record. `data` by type: A/AAAA packed address bytes, TXT a tuple of str,
+    SRV `SRVData`, SOA `SOAData`, PTR/NS/CNAME a name."""
+    name: str
+    rtype: int
+    ttl: int
+    data: object
+
+
+def _read_name(packet: bytes, pos: int) -> tuple[str, int]:
+    """Read a (possibly compressed) name; returns (name, offset after it)."""
+    labels: list[str] = []
+    end = -1
+    jumps = 0
+    size = len(packet)
+    total = 0
+    while True:
+        if pos >= size:
+            raise FormatError("name runs past the packet")
+        length = packet[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= size:
+                raise FormatError("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | packet[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 32 or target >= pos:
+                raise FormatError("compression loop")
+            pos = target
+            continue
+        if length & 0xC0:
+            raise FormatError("unknown label type")
+        pos += 1
+        label = packet[pos:pos + length]
+        if len(label) != length:
+            raise FormatError("label runs past the packet")
+        total += length + 1
+        if total > 255:
+            raise FormatError("name too long")
+        try:
+            labels.append(label.decode("ascii"))
+        except UnicodeDecodeError:
+            raise FormatError("non-ASCII label") from None
+        pos += length
+    return ".".join(labels), (end if end >= 0 else pos)
+
+
+def parse_query(packet: bytes) -> Question:
+    """Parse the header, the single question and an OPT record if one is present."""
+    if len(packet) < 12:
+        raise FormatError("short header")
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(packet)
+    if flags & QR:
+        raise FormatError("not a query")
+    if qdcount != 1:
+        raise FormatError("exactly one question is supported")
+    name, pos = _read_name(packet, 12)
+    if pos + 4 > len(packet):
+        raise FormatError("truncated question")
+    qtype, qclass = _QTAIL.unpack_from(packet, pos)
+    question_end = pos + 4
+    edns = False
+    udp_size = MIN_UDP
+    if arcount and not ancount and not nscount:
+        pos = question_end
+        for _ in range(arcount):
+            _, pos = _read_name(packet, pos)
+            if pos + 10 > len(packet):
+                raise FormatError("truncated additional record")
+            rtype, rclass, _ttl, rdlen = _RR.unpack_from(packet, pos)
+            pos += 10 + rdlen
+            if pos > len(packet):
+                raise FormatError("truncated record data")
+            if rtype == OPT:
+                if edns:
+                    raise FormatError("two OPT records")
+                edns = True
+                udp_size = max(MIN_UDP, rclass)
+    return Question(ident, flags, name, qtype, qclass, edns, udp_size, question_end)
+
+
+class _Writer:
+    """Builds a message with name compression."""
+
+    __slots__ = ("parts", "size", "names")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.names: dict[str, int] = {}
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+    def name(self, name: str, compress: bool = True) -> None:
+        if not name:
+            self.add(b"\x00")
+            return
+        names = self.names
+        lower = name.lower()
+        out = bytearray()
+        pos = 0
+        for label in name.split("."):
+            # `lower[pos:]` is the name from this label on: the key for compression.
+            suffix = lower[pos:]
+            if compress:
+                offset = names.get(suffix)
+                if offset is not None:
+                    out += _POINTER.pack(0xC000 | offset)
+                    self.add(bytes(out))
+                    return
+            here = self.size + len(out)
+            if here < 0x4000 and suffix not in names:
+                names[suffix] = here
+            raw = label.encode("ascii")
+            if not 0 < len(raw) < 64:
+                raise ValueError(f"bad label in {name!r}")
+            out.append(len(raw))
+            out += raw
+            pos += len(label) + 1
+        out.append(0)
+        self.add(bytes(out))
+
+    def record(self, record: Record) -> None:
+        self.name(record.name)
+        rtype = record.rtype
+        data = record.data
+        if rtype in (A, AAAA):
+            self.add(_RR.pack(rtype, IN, record.ttl, len(data)) + data)
+            return
+        if rtype == TXT:
+            rdata = b"".join(bytes([len(b)]) + b for b in (s.encode("utf-8")[:255] for s in data))
+            self.add(_RR.pack(rtype, IN, record.ttl, len(rdata)) + rdata)
+            return
+        # Name-bearing data: write the fixed part, the name(s), then patch RDLENGTH.
+        self.add(b"")  # placeholder index for the fixed header
+        header_index = len(self.parts) - 1
+        start = self.size
+        if rtype == SRV:
+            self.add(struct.pack("!HHH", data.priority, data.weight, data.port))
+            self.name(data.target, compress=False)  # RFC 2782: no compression in the target
+        elif rtype == SOA:
+            self.name(data.mname)
+            self.name(data.rname)
+            self.add(struct.pack("!IIIII", data.serial, data.refresh, data.retry, data.expire,
+                                 data.minimum))
+        elif rtype in (PTR, NS, CNAME):
+            self.name(data)
+        else:
+            raise ValueError(f"cannot encode type {rtype}")
+        rdlen = self.size - start
+        fixed = _RR.pack(rtype, IN, record.ttl, rdlen)
+        # The fixed part precedes the rdata: shift recorded name offsets written after it.
+        self.parts[header_index] = fixed
+        self.size += len(fixed)
+        shift = len(fixed)
+        for suffix, offset in list(self.names.items()):
+            if offset >= start:
+                self.names[suffix] = offset + shift
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_response(question: Question, rcode: int, answers: Sequence[Record] = (),
+                    authority: Sequence[Record] = (), additional: Sequence[Record] = (), *,
+                    authoritative: bool = True, recursion_available: bool = False,
+                    truncated: bool = False, echo_edns: bool = True) -> bytes:
+    """Encode a response to `question` with the ID set to 0 (callers patch it per query)."""
+    flags = QR | (question.flags & (OPCODE_MASK | RD)) | (rcode & 0xF)
+    if authoritative:
+        flags |= AA
+    if recursion_available:
+        flags |= RA
+    if truncated:
+        flags |= TC
+    opt = echo_edns and question.edns
+    w = _Writer()
+    w.add(_HEADER.pack(0, flags, 1, len(answers), len(authority), len(additional) + opt))
+    w.name(question.name)
+    w.add(_QTAIL.pack(question.qtype, question.qclass))
+    for record in answers:
+        w.record(record)
+    for record in authority:
+        w.record(record)
+    for record in additional:
+        w.record(record)
+    if opt:
+        # Echo the client's buffer size, no options, DO clear (we do not sign).
+        w.add(b"\x00" + struct.pack("!HHIH", OPT, question.udp_size, 0, 0))
+    return w.value()
+
+
+def error_response(packet: bytes, rcode: int) -> bytes | None:
+    """A bare answer carrying `rcode` for a query we could not parse; None if hopeless."""
+    if len(packet) < 12:
+        return None
+    ident, flags = struct.unpack_from("!HH", packet)
+    if flags & QR:
+        return None  # never answer a response (reflection loops)
+    flags = QR | (flags & (OPCODE_MASK | RD)) | rcode
+    return _HEADER.pack(ident, flags, 0, 0, 0, 0)
