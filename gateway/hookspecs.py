@@ -9,7 +9,7 @@ implementation may declare only the ones it needs, and new arguments can be adde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pluggy
@@ -30,7 +30,28 @@ class ServiceInstance:
     port: int
     tags: tuple[str, ...]
     meta: Mapping[str, str]
-    status: str  # passing | warning | critical | maintenance (worst of its checks)
+    # passing | warning | critical (worst of its checks), or maintenance when the node or the
+    # service is in maintenance mode
+    status: str
+    weights: tuple[int, int] = (1, 1)  # (passing, warning), Consul's service Weights
+    node_meta: Mapping[str, str] = field(default_factory=dict)
+    datacenter: str = ""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    address: str
+    meta: Mapping[str, str]
+    datacenter: str
+
+
+@dataclass(frozen=True)
+class KVItem:
+    key: str
+    value: bytes | None
+    flags: int
+    modify_index: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,11 @@ class CatalogView:
     datacenter: str
     nodes: Mapping[str, str]  # node name -> address
     services: Mapping[str, tuple[ServiceInstance, ...]]  # service name -> instances
+    node_info: Mapping[str, NodeInfo] = field(default_factory=dict)
+
+    def tags(self, name: str) -> tuple[str, ...]:
+        """The union of the tags of a service's instances, in first-seen order."""
+        return tuple(dict.fromkeys(t for i in self.services.get(name, ()) for t in i.tags))
 
     def healthy(self, name: str, passing_only: bool = False) -> tuple[ServiceInstance, ...]:
         """Instances of `name` without a critical check (nor a warning one if `passing_only`)."""
@@ -58,14 +84,29 @@ def waypost_config_schema() -> Mapping[str, Any] | None:
     """
 
 
+class CatalogFeed:
+    """What a plugin reads, handed to `waypost_frontends` as ``catalog`` (the host implements it).
+
+    - ``view() -> CatalogView``: the catalog now (built once per change).
+    - ``kv_get(key) -> KVItem | None`` and ``kv_list(prefix) -> list[KVItem]``: KV reads.
+    - ``subscribe(callback) -> unsubscribe``: ``callback(view)`` after catalog changes, coalesced
+      (a burst gives one call; while the callback's Deferred is pending only the latest view is
+      kept for afterwards).
+    - ``subscribe_kv(prefix, callback) -> unsubscribe``: ``callback()`` after KV changes under
+      ``prefix``, coalesced the same way.
+    """
+
+
 @hookspec
-def waypost_frontends(facade: Any, reactor: Any, config: Mapping[str, Any]) -> list | None:
+def waypost_frontends(facade: Any, reactor: Any, config: Mapping[str, Any],
+                      catalog: CatalogFeed) -> list | None:
     """Return a list of ``twisted.application.service.IService`` to run with the agent.
 
-    ``facade`` is the agent's `AgentFacade` (read, write, watch); ``reactor`` is the reactor to
-    use for every timer and socket (never import the global one); ``config`` is this plugin's
-    validated settings (``{}`` when none). The services are started after the core and stopped
-    before it, in reverse order. Called once at start-up.
+    ``facade`` is the agent's `AgentFacade` (read, write, watch) for frontends that serve
+    clients; ``catalog`` is the read-only `CatalogFeed` most plugins need instead; ``reactor``
+    is the reactor to use for every timer and socket (never import the global one); ``config``
+    is this plugin's validated settings (``{}`` when none). The services are started after the
+    core and stopped before it, in reverse order. Called once at start-up.
     """
 
 

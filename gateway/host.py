@@ -77,10 +77,12 @@ class PluginHost:
 
     def frontends(self, facade, plugin_config: dict) -> list:
         """Collect the services every plugin contributes; a failing plugin contributes none."""
+        from gateway.feed import CatalogFeed
+        feed = CatalogFeed(facade, self.reactor)
         services = []
         for impl in reversed(self._impls("waypost_frontends")):
             try:
-                args = {"facade": facade, "reactor": self.reactor,
+                args = {"facade": facade, "reactor": self.reactor, "catalog": feed,
                         "config": plugin_config.get(impl.plugin_name, {})}
                 result = impl.function(**{k: args[k] for k in impl.argnames})
             except Exception:

@@ -1,0 +1,107 @@
+"""The `CatalogFeed` plugins read through: views, KV reads and coalesced change callbacks."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import txaio
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from gateway.hookspecs import CatalogView, KVItem
+from gateway.views import build_catalog_view
+
+txaio.use_twisted()
+
+CATALOG_TABLES = frozenset({"nodes", "services", "checks"})
+
+
+class _Subscriber:
+    """Delivers to one callback at most one call at a time, and only the latest news."""
+
+    log = txaio.make_logger()
+
+    def __init__(self, reactor, callback: Callable[..., Any], make_args: Callable[[], tuple]) -> None:
+        self.reactor = reactor
+        self.callback = callback
+        self.make_args = make_args
+        self.busy = False
+        self.dirty = False
+        self.scheduled = False
+        self.active = True
+
+    def poke(self) -> None:
+        if not self.active:
+            return
+        self.dirty = True
+        if not self.busy and not self.scheduled:
+            self.scheduled = True
+            self.reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self.scheduled = False
+        if not self.active or self.busy or not self.dirty:
+            return
+        self.dirty = False
+        self.busy = True
+        d = maybeDeferred(self.callback, *self.make_args())
+        d.addErrback(lambda f: self.log.failure("plugin callback failed", failure=f))
+        d.addBoth(self._done)
+
+    def _done(self, _) -> None:
+        self.busy = False
+        if self.dirty:
+            self.poke()
+
+
+class CatalogFeed:
+    def __init__(self, facade, reactor) -> None:
+        self.facade = facade
+        self.reactor = reactor
+        self._view: CatalogView | None = None
+        self._view_index = -1
+        self._catalog_subs: list[_Subscriber] = []
+        self._kv_subs: list[tuple[str, _Subscriber]] = []
+        facade.store.on_commit.append(self._committed)
+
+    def view(self) -> CatalogView:
+        store = self.facade.store
+        if self._view is None or self._view_index != store.index:
+            self._view = build_catalog_view(store, self.facade.config.datacenter)
+            self._view_index = store.index
+        return self._view
+
+    def kv_get(self, key: str) -> KVItem | None:
+        _, entry = self.facade.store.kv.get(key)
+        return None if entry is None else _item(entry)
+
+    def kv_list(self, prefix: str) -> list[KVItem]:
+        _, entries = self.facade.store.kv.list(prefix)
+        return [_item(e) for e in entries]
+
+    def subscribe(self, callback: Callable[[CatalogView], Any]) -> Callable[[], None]:
+        sub = _Subscriber(self.reactor, callback, lambda: (self.view(),))
+        self._catalog_subs.append(sub)
+        return lambda: self._drop(sub)
+
+    def subscribe_kv(self, prefix: str, callback: Callable[[], Any]) -> Callable[[], None]:
+        sub = _Subscriber(self.reactor, callback, lambda: ())
+        self._kv_subs.append((prefix, sub))
+        return lambda: self._drop(sub)
+
+    def _drop(self, sub: _Subscriber) -> None:
+        sub.active = False
+        self._catalog_subs = [s for s in self._catalog_subs if s is not sub]
+        self._kv_subs = [(p, s) for p, s in self._kv_subs if s is not sub]
+
+    def _committed(self, index: int, tables) -> None:
+        if tables & CATALOG_TABLES:
+            for sub in self._catalog_subs:
+                sub.poke()
+        if "kvs" in tables and self._kv_subs:
+            # The store does not say which keys moved; a KV subscriber re-reads its prefix.
+            for _, sub in self._kv_subs:
+                sub.poke()
+
+
+def _item(entry) -> KVItem:
+    return KVItem(entry.key, entry.value, entry.flags, entry.modify_index)
