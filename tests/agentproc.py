@@ -65,6 +65,21 @@ class AgentProcess:
         self.proc.stderr.close()
         return self.proc.returncode
 
+    def log_so_far(self) -> str:
+        """What the agent wrote to stderr so far, read without blocking."""
+        fd = self.proc.stderr.fileno()
+        os.set_blocking(fd, False)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
     def request(self, method: str, path: str, body: bytes | str | None = None,
                 headers: dict | None = None, timeout: float = 30.0):
         """(status, headers, body bytes) — errors are answers, not exceptions."""

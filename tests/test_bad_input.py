@@ -9,7 +9,6 @@ because it registers whatever it generates.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import string
@@ -581,24 +580,8 @@ def test_agent_still_answers_after_the_fuzzing(agent):
     assert status == 200
 
 
-def agent_log(agent) -> str:
-    """What the agent wrote to stderr so far (without blocking)."""
-    fd = agent.proc.stderr.fileno()
-    os.set_blocking(fd, False)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 def test_agent_logged_no_handler_failure(agent):
-    log = agent_log(agent)
+    log = agent.log_so_far()
     assert "Traceback" not in log, log[-3000:]
 
 
