@@ -23,6 +23,7 @@ from agent.fsm.commands import Register
 from agent.local.antientropy import AntiEntropy
 from agent.local.state import CONFIG, LocalState
 from agent.schemas import SchemaSet
+from agent.sessions import SessionManager
 from agent.single_server import SingleServerLog
 from agent.state import snapshot
 from agent.state.store import StateStore
@@ -52,13 +53,16 @@ class Agent(MultiService):
                                        keep_services=frozenset({"consul"} if config.server else ()),
                                        keep_checks=frozenset({structs.SERF_CHECK_ID}))
         self._reaper: LoopingCall | None = None
+        self.sessions = SessionManager(reactor, self.store, self.raft.apply,
+                                       lambda: self.config.node_name)
         self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
         self._saved_index = 0
         self._saver: LoopingCall | None = None
         self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
                                   self.schemas, self.members, self.stats,
-                                  plugin_names=lambda: list(self.plugin_names))
+                                  plugin_names=lambda: list(self.plugin_names),
+                                  sessions=self.sessions)
 
     def _make_runner(self, spec, notifier):
         from agent.checks.factory import make_runner
@@ -163,6 +167,7 @@ class Agent(MultiService):
                              output=structs.SERF_ALIVE_OUTPUT)
         self.raft.apply(Register(node=node, service=consul if c.server else None, checks=(serf,)))
         self._register_config(self.config)
+        self.sessions.start()  # the one server leads: TTL timers run here
         self.local.start()
         self.antientropy.start()
         self._reaper = LoopingCall(self.local.reap_critical)
@@ -221,6 +226,7 @@ class Agent(MultiService):
                 self.log.failure("a reload listener failed")
 
     def stopService(self):
+        self.sessions.stop()
         self.local.stop()
         self.antientropy.stop()
         if self._reaper is not None and self._reaper.running:

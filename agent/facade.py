@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from agent.config.model import VERSION, WAYPOST_VERSION, AgentConfig
 from agent.definitions import (CatalogDeregistration, CatalogRegistration, CheckSpec,
@@ -18,18 +18,26 @@ from agent.definitions import (CatalogDeregistration, CatalogRegistration, Check
                                parse_service_definition)
 from agent.durations import parse_duration
 from agent.errors import UnknownDatacenter
-from agent.fsm.commands import Deregister, KVOperation, Register
+from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
+                                Txn)
 from agent.local.state import LocalState
 from agent.schemas import SchemaSet
+from agent.sessions import SessionManager
 from agent.state.catalog import is_healthy
+from agent.state.sessions import SESSIONS
 from agent.state.store import StateStore
+from agent.state.txn import MAX_TXN_OPS, precheck, run_txn
+from agent.state.txn import WRITE_VERBS as TXN_WRITE_VERBS
 from agent.state.watch import WatchHandle
+from agent.structs import Session, TxnError, TxnOutcome
 
 # Everything a frontend may use from the core is importable from here; the import-graph test
 # keeps frontends from reaching past this module.
 __all__ = [
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
-    "Register", "Deregister", "KVOperation",
+    "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
+    "Session", "SessionManager", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",
+    "TXN_WRITE_VERBS",
     "CatalogRegistration", "CatalogDeregistration", "CheckSpec", "ServiceDefinition",
     "parse_service_definition", "parse_check_definition", "parse_catalog_register",
     "parse_catalog_deregister", "parse_duration", "is_healthy", "WatchHandle",
@@ -50,7 +58,8 @@ class AgentFacade:
     def __init__(self, config: AgentConfig, reactor, store: StateStore,
                  write: Callable[[Any], Deferred], local: LocalState, schemas: SchemaSet,
                  members: Callable[[], list[Member]], stats: Callable[[], dict],
-                 plugin_names: Callable[[], list[str]] = lambda: []) -> None:
+                 plugin_names: Callable[[], list[str]] = lambda: [],
+                 sessions: SessionManager | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.store = store
@@ -60,6 +69,8 @@ class AgentFacade:
         self._members = members
         self._stats = stats
         self.plugin_names = plugin_names
+        # create/renew/destroy/info/list/node_sessions, TTLs and lock-delays (agent.sessions).
+        self.sessions = sessions
         # Re-reads the configuration (set by whoever started the agent from files); fires when
         # applied, fails with the reason when the new configuration is bad.
         self.reload: Callable[[], Deferred] | None = None
@@ -70,8 +81,34 @@ class AgentFacade:
         self.reload_listeners: list[Callable[[AgentConfig], None]] = []
 
     def write(self, command: Any) -> Deferred:
-        """Commit a command; fires with its result once applied."""
+        """Commit a command; fires with its result once applied.
+
+        As Consul's leader does before the log: a lock on a key inside its lock-delay answers
+        False, and a transaction that fails its pre-checks answers its errors.
+        """
+        if self.sessions is not None:
+            if (isinstance(command, KVOperation) and command.op == "lock"
+                    and self.sessions.lock_delayed(command.entry.key)):
+                return succeed(False)
+            if isinstance(command, Txn):
+                errors = precheck(command.ops, self.sessions.lock_delayed)
+                if errors:
+                    return succeed(TxnOutcome(errors=errors))
         return self._write(command)
+
+    def txn(self, ops: Iterable[KVOperation]) -> Deferred:
+        """Run KV operations all or nothing; fires with a `TxnOutcome`.
+
+        Operations with a writing verb go through the log as one `Txn` entry; a read-only
+        transaction is answered from the store at once.
+        """
+        ops = tuple(ops)
+        if any(op.op in TXN_WRITE_VERBS for op in ops):
+            return self.write(Txn(ops))
+        errors = precheck(ops, lambda key: False)
+        if errors:
+            return succeed(TxnOutcome(errors=errors))
+        return succeed(run_txn(self.store, ops, self.store.index))
 
     def watch(self, callback: Callable[[], None], tables: Iterable[str] = (),
               kv_prefixes: Iterable[str] = ()) -> WatchHandle:

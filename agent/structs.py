@@ -1,4 +1,4 @@
-"""Frozen value types of the state store: nodes, services, checks, KV entries.
+"""Frozen value types of the state store: nodes, services, checks, KV entries, sessions.
 
 Names here are Pythonic; the Consul spellings live only in the frontends' encode/decode modules.
 Every row carries the Raft index that created it and the one that last changed it.
@@ -103,6 +103,57 @@ class KVEntry:
     session: str = ""
     create_index: int = 0
     modify_index: int = 0
+
+
+# Sessions, with Consul's limits (SessionTTLMin is a server setting there, 10s by default).
+SESSION_RELEASE = "release"
+SESSION_DELETE = "delete"
+SESSION_BEHAVIORS = (SESSION_RELEASE, SESSION_DELETE)
+DEFAULT_LOCK_DELAY = 15.0
+MAX_LOCK_DELAY = 60.0  # a longer lock-delay is cut to this when the session goes
+SESSION_TTL_MIN = 10.0
+SESSION_TTL_MAX = 86400.0
+SESSION_TTL_MULTIPLIER = 2  # a TTL session lives until TTL x 2 passes without a renewal
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session: locks taken with it are released (or their keys deleted) when it goes.
+
+    `lock_delay` and `ttl` are seconds; a `ttl` of 0 means the session has none. `checks` name
+    checks of `node`; the session is invalidated when one of them turns critical or goes away,
+    or when the node is deregistered.
+    """
+
+    id: str
+    name: str = ""
+    node: str = ""
+    checks: tuple[str, ...] = ()
+    lock_delay: float = DEFAULT_LOCK_DELAY
+    behavior: str = SESSION_RELEASE
+    ttl: float = 0.0
+    create_index: int = 0
+    modify_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TxnError:
+    """Why one operation of a transaction failed (`op_index` counts from 0)."""
+
+    op_index: int
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOutcome:
+    """A transaction's answer: every result when it applied, else only the errors."""
+
+    results: tuple[KVEntry, ...] | None = None
+    errors: tuple[TxnError, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
 
 def worst_status(statuses) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import txaio
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 
 from gateway.hookspecs import CatalogView, KVItem
 from gateway.views import build_catalog_view

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from agent.errors import InvalidRequest, UnknownCommand
-from agent.fsm.commands import Deregister, KVOperation, Register
+from agent.errors import InvalidRequest, UnknownCommand, WaypostError
+from agent.fsm.commands import (
+    Deregister,
+    KVOperation,
+    Register,
+    SessionCreate,
+    SessionDestroy,
+    Txn,
+)
+from agent.state.sessions import (
+    create_session,
+    destroy_session,
+    invalidate_broken_sessions,
+)
 from agent.state.store import StateStore
+from agent.state.txn import go_quote, run_txn
+from agent.structs import TxnOutcome
 
 
 class FSM:
@@ -21,6 +35,9 @@ class FSM:
             Register: self._register,
             Deregister: self._deregister,
             KVOperation: self._kv,
+            SessionCreate: self._session_create,
+            SessionDestroy: self._session_destroy,
+            Txn: self._txn,
         }
 
     def apply(self, index: int, command: Any) -> Any:
@@ -30,7 +47,7 @@ class FSM:
             raise UnknownCommand(f"no FSM handler for {type(command).__name__}")
         try:
             result = handler(command, index)
-        except InvalidRequest as exc:
+        except WaypostError as exc:
             self.store.discard_pending()
             self.store.commit(index)
             return exc
@@ -57,6 +74,8 @@ class FSM:
             catalog.ensure_service(c.service, index)
         for check in c.checks:
             catalog.ensure_check(check, index)
+        # A check turning critical invalidates the sessions that name it, in this same entry.
+        invalidate_broken_sessions(self.store, c.node.name, index)
         return True
 
     def _deregister(self, c: Deregister, index: int) -> bool:
@@ -67,6 +86,8 @@ class FSM:
             catalog.delete_check(c.node, c.check_id, index)
         else:
             catalog.delete_node(c.node, index)
+        # Sessions of a deregistered node, or naming a removed check, go with them.
+        invalidate_broken_sessions(self.store, c.node, index)
         return True
 
     def _kv(self, c: KVOperation, index: int) -> bool:
@@ -84,4 +105,26 @@ class FSM:
         if c.op == "delete-tree":
             kv.delete_tree(c.entry.key, index)
             return True
+        if c.op == "lock":
+            session = c.entry.session
+            if not session:
+                raise WaypostError("missing session")
+            if session not in self.store.sessions.sessions:
+                raise WaypostError(f"invalid session {go_quote(session)}")
+            return kv.lock(c.entry, index)
+        if c.op == "unlock":
+            if not c.entry.session:
+                raise WaypostError("missing session")
+            return kv.unlock(c.entry, index)
         raise InvalidRequest(f"Invalid KV operation {c.op!r}")
+
+    def _session_create(self, c: SessionCreate, index: int) -> str:
+        return create_session(self.store, c.session, index)
+
+    def _session_destroy(self, c: SessionDestroy, index: int) -> bool:
+        destroy_session(self.store, c.id, index)
+        return True
+
+    def _txn(self, c: Txn, index: int) -> TxnOutcome:
+        # A failed transaction changed nothing: its outcome carries the errors.
+        return run_txn(self.store, c.ops, index)

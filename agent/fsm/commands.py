@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from agent.errors import UnknownCommand
 from agent.state import codec
-from agent.structs import Check, KVEntry, Node, Service
+from agent.structs import Check, KVEntry, Node, Service, Session
 
 FORMAT_VERSION = 1
 
@@ -37,18 +37,41 @@ class Deregister:
     check_id: str = ""
 
 
-KV_OPS = ("set", "cas", "delete", "delete-cas", "delete-tree")
+KV_OPS = ("set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock")
 
 
 @dataclass(frozen=True, slots=True)
 class KVOperation:
+    """One KV write (`op` in KV_OPS; "lock"/"unlock" name the session in `entry.session`), or,
+    inside a `Txn`, any of Consul's transaction verbs (`expected_index` is its Index)."""
     TYPE = 3
     op: str
     entry: KVEntry
     expected_index: int = 0
 
 
-Command = Register | Deregister | KVOperation
+@dataclass(frozen=True, slots=True)
+class SessionCreate:
+    """Create a session (its ID is chosen by the leader before the entry is written)."""
+    TYPE = 4
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDestroy:
+    """Destroy a session, releasing or deleting the keys it holds."""
+    TYPE = 5
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """KV operations applied at one index, all or nothing."""
+    TYPE = 6
+    ops: tuple[KVOperation, ...]
+
+
+Command = Register | Deregister | KVOperation | SessionCreate | SessionDestroy | Txn
 
 
 def _encode_register(c: Register) -> dict[str, Any]:
@@ -82,6 +105,30 @@ def _decode_kv(d: dict[str, Any]) -> KVOperation:
                        expected_index=d.get("expected_index", 0))
 
 
+def _encode_session_create(c: SessionCreate) -> dict[str, Any]:
+    return {"session": codec.encode_session(c.session)}
+
+
+def _decode_session_create(d: dict[str, Any]) -> SessionCreate:
+    return SessionCreate(session=codec.decode_session(d["session"]))
+
+
+def _encode_session_destroy(c: SessionDestroy) -> dict[str, Any]:
+    return {"id": c.id}
+
+
+def _decode_session_destroy(d: dict[str, Any]) -> SessionDestroy:
+    return SessionDestroy(id=d["id"])
+
+
+def _encode_txn(c: Txn) -> dict[str, Any]:
+    return {"ops": [_encode_kv(op) for op in c.ops]}
+
+
+def _decode_txn(d: dict[str, Any]) -> Txn:
+    return Txn(ops=tuple(_decode_kv(op) for op in d.get("ops", ())))
+
+
 _CODECS: dict[int, tuple[type, Callable[[Any], dict], Callable[[dict], Any]]] = {}
 
 
@@ -94,6 +141,9 @@ def _register_codec(cls: type, encode: Callable, decode: Callable) -> None:
 _register_codec(Register, _encode_register, _decode_register)
 _register_codec(Deregister, _encode_deregister, _decode_deregister)
 _register_codec(KVOperation, _encode_kv, _decode_kv)
+_register_codec(SessionCreate, _encode_session_create, _decode_session_create)
+_register_codec(SessionDestroy, _encode_session_destroy, _decode_session_destroy)
+_register_codec(Txn, _encode_txn, _decode_txn)
 
 
 def encode_command(command: Command) -> bytes:

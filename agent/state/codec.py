@@ -16,6 +16,7 @@ from agent.structs import (
     Node,
     Service,
     ServiceAddress,
+    Session,
     Weights,
 )
 
@@ -108,4 +109,20 @@ def decode_kv(data: dict[str, Any]) -> KVEntry:
     return KVEntry(key=data["key"], value=None if value is None else base64.b64decode(value),
                    flags=data.get("flags", 0), lock_index=data.get("lock_index", 0),
                    session=data.get("session", ""), create_index=data.get("create_index", 0),
+                   modify_index=data.get("modify_index", 0))
+
+
+def encode_session(session: Session) -> dict[str, Any]:
+    return {"id": session.id, "name": session.name, "node": session.node,
+            "checks": list(session.checks), "lock_delay": session.lock_delay,
+            "behavior": session.behavior, "ttl": session.ttl,
+            "create_index": session.create_index, "modify_index": session.modify_index}
+
+
+def decode_session(data: dict[str, Any]) -> Session:
+    return Session(id=data["id"], name=data.get("name", ""), node=data.get("node", ""),
+                   checks=tuple(data.get("checks") or ()),
+                   lock_delay=data.get("lock_delay", 15.0),
+                   behavior=data.get("behavior", "release"), ttl=data.get("ttl", 0.0),
+                   create_index=data.get("create_index", 0),
                    modify_index=data.get("modify_index", 0))

@@ -28,6 +28,8 @@ def dump(store: StateStore) -> dict:
         "checks": [codec.encode_check(c) for by_id in catalog.checks.values() for c in by_id.values()],
         "kv": [codec.encode_kv(e) for e in store.kv.entries.values()],
         "tombstones": dict(store.kv.tombstones),
+        "sessions": [codec.encode_session(x) for x in store.sessions.sessions.values()],
+        "sessions_index": store.sessions.index,
     }
 
 
@@ -51,13 +53,15 @@ def load(data: dict, store: StateStore | None = None) -> StateStore:
     catalog.table_index.update(data["table_index"])
     catalog.service_index.update(data["service_index"])
     for raw in data["kv"]:
-        entry = codec.decode_kv(raw)
-        store.kv.entries[entry.key] = entry
-        store.kv.order.add(entry.key)
+        store.kv.restore(codec.decode_kv(raw))
     for key, index in data["tombstones"].items():
         store.kv.tombstones[key] = index
         store.kv.tomb_order.add(key)
     store.kv.index = data["kv_index"]
+    # Snapshots written before sessions existed have none.
+    for raw in data.get("sessions", ()):
+        store.sessions.restore(codec.decode_session(raw))
+    store.sessions.index = data.get("sessions_index", 0)
     store.index = data["index"]
     store.wake_all()
     return store

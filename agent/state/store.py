@@ -1,4 +1,4 @@
-"""The state store: catalog and KV tables under one index, with watches.
+"""The state store: catalog, KV and session tables under one index, with watches.
 
 Only the FSM writes here, one log entry at a time: it calls the table writers with the entry's
 index and then `commit(index)`, which advances the global index and wakes the watches the entry
@@ -11,6 +11,7 @@ from typing import Callable
 
 from agent.state.catalog import CHECKS, NODES, SERVICES, CatalogTables
 from agent.state.kv import KVS, KVTable
+from agent.state.sessions import SESSIONS, SessionTable
 from agent.state.watch import WatchHandle, WatchRegistry
 
 CATALOG_TABLES = (NODES, SERVICES, CHECKS)
@@ -22,24 +23,33 @@ class StateStore:
         self.watches = WatchRegistry()
         self._touched_tables: set[str] = set()
         self._touched_keys: list[str] = []
+        self._lock_delays: list[tuple[str, float]] = []
         self.reset_tables()
         self.on_commit: list[Callable[[int, frozenset[str]], None]] = []
+        # Told (key, seconds) when a destroyed session lets go of a key, once the entry commits;
+        # the leader keeps lock-delays in memory, as Consul does (they are not replicated).
+        self.lock_delay_listener: Callable[[str, float], None] | None = None
 
     def reset_tables(self) -> None:
         """Empty every table (a restore fills them again); watches are kept."""
         self.catalog = CatalogTables(self._touched_tables.add)
         self.kv = KVTable(self._touched_tables.add, self._touched_keys.append)
+        self.sessions = SessionTable(self._touched_tables.add)
+
+    def note_lock_delay(self, key: str, seconds: float) -> None:
+        """A session holding `key` was destroyed by the entry being applied."""
+        self._lock_delays.append((key, seconds))
 
     def wake_all(self) -> list[BaseException]:
         """Fire every watch and change listener, as after a restore."""
-        self._touched_tables.update(CATALOG_TABLES + (KVS,))
+        self._touched_tables.update(CATALOG_TABLES + (KVS, SESSIONS))
         handles = self.watches.all_handles()
         self._touched_keys.clear()
         self._touched_tables.clear()
         errors = self.watches.fire(handles)
         for listener in self.on_commit:
             try:
-                listener(self.index, frozenset(CATALOG_TABLES + (KVS,)))
+                listener(self.index, frozenset(CATALOG_TABLES + (KVS, SESSIONS)))
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
         return errors
@@ -52,6 +62,12 @@ class StateStore:
         if index > self.index:
             self.index = index
         tables = frozenset(self._touched_tables)
+        if self._lock_delays:
+            # Before any watcher wakes: one may try to take the released key at once.
+            delays, self._lock_delays = self._lock_delays, []
+            if self.lock_delay_listener is not None:
+                for key, seconds in delays:
+                    self.lock_delay_listener(key, seconds)
         handles = self.watches.collect(tables, self._touched_keys)
         self._touched_tables.clear()
         self._touched_keys.clear()
@@ -68,6 +84,7 @@ class StateStore:
         """Forget what a failed entry marked as touched (it changed nothing)."""
         self._touched_tables.clear()
         self._touched_keys.clear()
+        self._lock_delays.clear()
 
     def watch(self, callback: Callable[[], None], tables=(), kv_prefixes=()) -> WatchHandle:
         return self.watches.watch(callback, tables, kv_prefixes)
@@ -75,5 +92,10 @@ class StateStore:
     def table_index(self, *tables: str) -> int:
         index = 0
         for table in tables:
-            index = max(index, self.kv.index if table == KVS else self.catalog.table_index[table])
+            if table == KVS:
+                index = max(index, self.kv.index)
+            elif table == SESSIONS:
+                index = max(index, self.sessions.index)
+            else:
+                index = max(index, self.catalog.table_index[table])
         return index

@@ -22,10 +22,13 @@ from gateway.cli.commands import (
     catalog,
     execute,
     kv,
+    lock,
     maint,
     members,
     reload,
     services,
+    sidekick,
+    template,
     watch,
 )
 from gateway.cli.flags import FlagError
@@ -50,6 +53,9 @@ def _commands() -> Mapping[str, Command | Group]:
         "maint": maint.COMMAND,
         "reload": reload.COMMAND,
         "watch": watch.COMMAND,
+        "template": template.COMMAND,
+        "lock": lock.COMMAND,
+        "sidekick": sidekick.COMMAND,
     }
 
 

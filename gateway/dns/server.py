@@ -15,6 +15,7 @@ from typing import Any
 import txaio
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from agent.errors import NoLeader
@@ -259,16 +260,23 @@ class DNSService(Service):
         self.name = "dns"
 
     def startService(self) -> None:
-        self.udp_port = self.reactor.listenUDP(self.port, DNSDatagramProtocol(self.controller),
-                                               interface=self.host)
-        port = self.udp_port.getHost().port
         factory = Factory.forProtocol(lambda: DNSStreamProtocol(self.controller, self.reactor))
         factory.noisy = False
-        try:
-            self.tcp_port = self.reactor.listenTCP(port, factory, interface=self.host)
-        except Exception:
-            self.udp_port.stopListening()
-            raise
+        # With port 0 both sockets must share one number the kernel chose for one of them:
+        # the other may find it taken, so try again with a new number a few times.
+        attempts = 20 if self.port == 0 else 1
+        for attempt in range(attempts):
+            self.udp_port = self.reactor.listenUDP(self.port, DNSDatagramProtocol(self.controller),
+                                                   interface=self.host)
+            port = self.udp_port.getHost().port
+            try:
+                self.tcp_port = self.reactor.listenTCP(port, factory, interface=self.host)
+                break
+            except CannotListenError:
+                self.udp_port.stopListening()
+                self.udp_port = None
+                if attempt == attempts - 1:
+                    raise
         if self.controller.forwarder is not None:
             self.controller.forwarder.start()
         super().startService()

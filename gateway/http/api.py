@@ -91,7 +91,9 @@ class HTTPAPI:
             return Response(405, f"method {request.method} not allowed".encode(),
                             [(b"Allow", route.allow), VARY], content_type=TEXT)
         try:
-            params = parse_query_params(request.query, self.pretty, self.rng)
+            # Handlers of foreign APIs (etcd's `wait=true`) read their own query fields.
+            own = getattr(route.handler, "own_query_params", False)
+            params = parse_query_params({} if own else request.query, self.pretty, self.rng)
             if not route.local:
                 self.facade.check_datacenter(params.dc)
             result = route.handler(self.facade, request, params, arg)

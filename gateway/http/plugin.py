@@ -12,6 +12,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from gateway.hookspecs import hookimpl
 from gateway.http.api import HTTPAPI
 from gateway.http.handlers import agent, catalog, health, kv, maintenance, status
+from gateway.http.handlers import etcd
+from gateway.http.handlers import session, txn
 from gateway.http.protocol import HTTPFactory
 from gateway.http.routes import RouteTable
 
@@ -52,6 +54,14 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/reload", PUT, maintenance.reload, local=True)
     t.add("/v1/status/leader", GET, status.leader, local=True)
     t.add("/v1/status/peers", GET, status.peers, local=True)
+    t.add("/v1/session/create", PUT, session.create)
+    t.add("/v1/session/destroy/", PUT, session.destroy)
+    t.add("/v1/session/renew/", PUT, session.renew)
+    t.add("/v1/session/info/", GET, session.info)
+    t.add("/v1/session/node/", GET, session.node)
+    t.add("/v1/session/list", GET, session.list_all)
+    t.add("/v1/txn", PUT, txn.txn)
+    etcd.add_routes(t)
     return t
 
 

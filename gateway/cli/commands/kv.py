@@ -22,6 +22,7 @@ from gateway.cli.commands import (
     Context,
     Group,
     add_http_flags,
+    kv_ttl,
     open_client,
     server_query,
 )
@@ -183,6 +184,12 @@ def _put_flags() -> FlagSet:
               "for the application's own use.")
     flags.int("modify-index", default=0, help="The ModifyIndex the key must have "
               "for -cas to write.")
+    flags.string("ttl", default="", help="Write the key through a new session with this "
+                 "TTL (10s to 24h) and Behavior=delete, and print the session ID: the key "
+                 "is deleted when the session expires, 1 to 2 x TTL after the last renewal "
+                 "(Consul's grace).")
+    flags.bool("keepalive", help="With -ttl, keep renewing the session until interrupted, "
+               "then destroy it, which deletes the key.")
     return add_http_flags(flags, server=True)
 
 
@@ -202,12 +209,23 @@ def _put(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
             raise CommandError(f"Error! Cannot base 64 decode data: {exc}") from None
     if values.cas and values.modify_index == 0:
         raise CommandError("Must specify -modify-index with -cas!")
+    if values.keepalive and not values.ttl:
+        raise CommandError("Error! -keepalive needs -ttl")
+    if values.ttl and values.cas:
+        raise CommandError("Error! Cannot specify both -ttl and -cas")
+    ttl = kv_ttl.parse_ttl(values.ttl) if values.ttl else 0.0
     query = server_query(values)
     if values.flags:
         query.append(("flags", str(values.flags)))
     if values.cas:
         query.append(("cas", str(values.modify_index)))
     client = open_client(ctx, values)
+    if ttl:
+        session_id = kv_ttl.put_with_ttl(client, _kv_path(key), key, data, ttl, query)
+        ctx.out(f"Success! Data written to: {key}")
+        ctx.out(f"Session: {session_id}")
+        ctx.stdout.flush()
+        return kv_ttl.keep_alive(ctx, client, key, session_id, ttl) if values.keepalive else 0
     written = client.request("PUT", _kv_path(key), query=query, body=data).json()
     if values.cas and written is not True:
         raise CommandError(f"Error! Did not write to {key}: CAS failed")
@@ -399,6 +417,7 @@ Usage: waypost kv put [options] KEY [DATA]
   writes an empty value.
 
       $ waypost kv put -cas -modify-index=844 config/redis/maxconns 5
+      $ waypost kv put -ttl 30s -keepalive services/redis/redis@1 10.0.0.7:6379
 """,
             flags=_put_flags, run=_put),
         "delete": Command(

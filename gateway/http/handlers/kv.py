@@ -1,7 +1,9 @@
-"""/v1/kv/<key>: get (raw, recurse, keys with separator), put (flags, cas),
+"""/v1/kv/<key>: get (raw, recurse, keys with separator), put (flags, cas, acquire, release),
 delete (recurse, cas)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from agent.errors import InvalidRequest, WaypostError
 from agent.facade import KVOperation
@@ -72,9 +74,6 @@ def _check_key(key: str) -> None:
 
 def _put(facade, request, key: str):
     _check_key(key)
-    if "acquire" in request.query or "release" in request.query:
-        raise InvalidRequest("Sessions are not supported yet: "
-                             "?acquire and ?release are unavailable")
     flags = _go_uint(request, "flags") or 0
     cas = _go_uint(request, "cas")
     limit = facade.config.kv_max_value_size
@@ -83,6 +82,13 @@ def _put(facade, request, key: str):
                 "See https://www.consul.io/docs/agent/options.html#kv_max_value_size.")
         return Response(413, text.encode(), [VARY], content_type=TEXT)
     entry = KVEntry(key=key, value=request.body or None, flags=flags)
+    # As Consul: ?release wins over ?acquire, which wins over ?cas.
+    if "release" in request.query:
+        session = request.query["release"][0]
+        return facade.write(KVOperation("unlock", replace(entry, session=session)))
+    if "acquire" in request.query:
+        session = request.query["acquire"][0]
+        return facade.write(KVOperation("lock", replace(entry, session=session)))
     if cas is not None:
         return facade.write(KVOperation("cas", entry, cas))
     return facade.write(KVOperation("set", entry))
