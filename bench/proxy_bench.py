@@ -19,10 +19,12 @@ b0 stays registered; each change registers or deregisters one of b1..b3 through 
      are served (render + haproxy -c + seamless reload + runtime API) and failed requests
      under the same load meanwhile.
 
-    python bench/proxy_bench.py [--changes 20] [--load-changes 100] [--workers 2]
+    python bench/proxy_bench.py [--changes 20] [--load-changes 100] [--workers 2] [--haproxy-only]
 
-Needs haproxy (Debian package: /usr/sbin/haproxy). The nginx figures are in
-bench/proxy_bench_nginx.py.
+Then, unless --haproxy-only, runs bench/proxy_bench_nginx.py with the same counts for the
+nginx (reload) path, so one command prints the figures of both paths.
+
+Needs haproxy and nginx (Debian packages).
 """
 
 from __future__ import annotations
@@ -195,5 +197,20 @@ def haproxy_version() -> str:
     return out.split()[2] if out else "?"
 
 
+def run_nginx_part(argv: list[str]) -> None:
+    """The nginx path, measured by its own script with the same counts."""
+    import sys
+    from pathlib import Path
+    wanted = [a for a in argv if a != "--haproxy-only"]
+    print("\n--- nginx (reload path) ---", flush=True)
+    subprocess.run([sys.executable, str(Path(__file__).with_name("proxy_bench_nginx.py")),
+                    *wanted], check=False)
+
+
 if __name__ == "__main__":
+    import sys
+    only = "--haproxy-only" in sys.argv
+    sys.argv = [a for a in sys.argv if a != "--haproxy-only"]
     main()
+    if not only:
+        run_nginx_part(sys.argv[1:])
