@@ -15,27 +15,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 right now (DNS needs both)."""
-    for _ in range(50):
-        with socket.socket() as tcp:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free for both TCP and UDP on 127.0.0.1 right now (DNS needs
+    both). All are held until every one is chosen, so the kernel cannot hand one out twice."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(50 * count):
+            if len(ports) == count:
+                break
+            tcp = socket.socket()
             tcp.bind(("127.0.0.1", 0))
+            held.append(tcp)
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < count:
+        raise RuntimeError("no ports free for both TCP and UDP")
+    return ports
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 class AgentProcess:
     def __init__(self, *args: str, node: str = "oracle") -> None:
-        self.port = free_port()
+        self.port, dns_port = free_ports(2)
         self.node = node
         self.args = ["agent", "-dev", "-node", node, "-http-port", str(self.port),
-                     "-dns-port", str(free_port()), "-log-level", "warn", *args]
+                     "-dns-port", str(dns_port), "-log-level", "warn", *args]
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -25,6 +25,27 @@ class CatalogTables:
         self.checks: dict[str, dict[str, Check]] = {}  # node -> check id -> check
         self.table_index: dict[str, int] = {NODES: 0, SERVICES: 0, CHECKS: 0}
         self.service_index: dict[str, int] = {}
+        # Lower-cased service name -> {(node, service id)}: lookups by name (DNS, health)
+        # must not scan every service of every node.
+        self.by_name: dict[str, set[tuple[str, str]]] = {}
+
+    def rebuild_name_index(self) -> None:
+        """Recompute `by_name` from the rows (after a restore filled them directly)."""
+        self.by_name = {}
+        for node, by_id in self.services.items():
+            for service in by_id.values():
+                self.by_name.setdefault(service.name.lower(), set()).add((node, service.id))
+
+    def _index_name(self, service: Service, add: bool) -> None:
+        key = service.name.lower()
+        if add:
+            self.by_name.setdefault(key, set()).add((service.node, service.id))
+            return
+        group = self.by_name.get(key)
+        if group is not None:
+            group.discard((service.node, service.id))
+            if not group:
+                del self.by_name[key]
 
     # --- writes (index is the Raft index of the entry being applied) ---
 
@@ -62,9 +83,11 @@ class CatalogTables:
             service = replace(service, modify_index=index)
             if old.name != service.name:
                 self._bump_service(old.name, index)
+                self._index_name(old, add=False)
         else:
             service = replace(service, create_index=index, modify_index=index)
         by_id[service.id] = service
+        self._index_name(service, add=True)
         self._bump(SERVICES, index)
         self._bump_service(service.name, index)
         # Checks of this service carry its name and tags.
@@ -109,6 +132,7 @@ class CatalogTables:
         service = self.services.get(node, {}).pop(service_id, None)
         if service is None:
             return
+        self._index_name(service, add=False)
         for check in list(self.checks.get(node, {}).values()):
             if check.service_id == service_id:
                 self.delete_check(node, check.check_id, index)
@@ -142,22 +166,26 @@ class CatalogTables:
                     tags[tag] = None
         return {name: list(tags) for name, tags in sorted(found.items())}
 
+    def named(self, name_lower: str) -> list[Service]:
+        """Services whose lower-cased name is `name_lower`, in (node, id) order."""
+        return [self.services[node][sid]
+                for node, sid in sorted(self.by_name.get(name_lower, ()))]
+
     def service_instances(self, name: str, tags: Iterable[str] = (),
                           node_meta: Mapping[str, str] | None = None) -> list[tuple[Node, Service]]:
         wanted = [t.lower() for t in tags]
         result = []
-        for node_name in sorted(self.services):
-            node = self.nodes.get(node_name)
+        for service in self.named(name.lower()):
+            node = self.nodes.get(service.node)
             if node is None or not _meta_matches(node.meta, node_meta):
                 continue
-            for _, service in sorted(self.services[node_name].items()):
-                if service.name != name:
+            if service.name != name:
+                continue
+            if wanted:
+                have = {t.lower() for t in service.tags}
+                if not all(t in have for t in wanted):
                     continue
-                if wanted:
-                    have = {t.lower() for t in service.tags}
-                    if not all(t in have for t in wanted):
-                        continue
-                result.append((node, service))
+            result.append((node, service))
         return result
 
     def instance_checks(self, service: Service) -> list[Check]:

@@ -50,6 +50,7 @@ def load(data: dict, store: StateStore | None = None) -> StateStore:
     for raw in data["checks"]:
         check = codec.decode_check(raw)
         catalog.checks.setdefault(check.node, {})[check.check_id] = check
+    catalog.rebuild_name_index()
     catalog.table_index.update(data["table_index"])
     catalog.service_index.update(data["service_index"])
     for raw in data["kv"]:

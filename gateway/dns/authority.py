@@ -159,20 +159,17 @@ class ConsulAuthority:
         and with only_passing any check that is not passing."""
         found = []
         only_passing = self.config.only_passing
-        for node_name in sorted(catalog.services):
-            node = catalog.nodes.get(node_name)
+        for service in catalog.named(name):
+            node = catalog.nodes.get(service.node)
             if node is None:
                 continue
-            for _, service in sorted(catalog.services[node_name].items()):
-                if service.name.lower() != name:
-                    continue
-                if tag and tag not in (t.lower() for t in service.tags):
-                    continue
-                checks = catalog.instance_checks(service)
-                if any(c.status in (structs.CRITICAL, structs.MAINTENANCE)
-                       or (only_passing and c.status != structs.PASSING) for c in checks):
-                    continue
-                found.append(_Instance(node, service, checks))
+            if tag and tag not in (t.lower() for t in service.tags):
+                continue
+            checks = catalog.instance_checks(service)
+            if any(c.status in (structs.CRITICAL, structs.MAINTENANCE)
+                   or (only_passing and c.status != structs.PASSING) for c in checks):
+                continue
+            found.append(_Instance(node, service, checks))
         return found
 
     def _address_records(self, q: wire.Question, instances: list[_Instance], ttl: int,

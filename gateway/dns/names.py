@@ -8,6 +8,7 @@ trailing dot, as `gateway.dns.wire` spells them.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import NamedTuple
 
 from gateway.dns import wire
@@ -121,6 +122,12 @@ def service_fqdn(service: str, datacenter: str, domain: str) -> str:
 
 
 def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # inet_pton does the common IPv4 case in C, several times faster than ipaddress's parser
+    # (this runs for every address of every uncached answer).
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, address))
+    except (OSError, TypeError):
+        pass
     try:
         return ipaddress.ip_address(address)
     except ValueError:

@@ -176,6 +176,12 @@ class _Writer:
             return
         names = self.names
         lower = name.lower()
+        if compress:
+            # Most owner names repeat the question's name: one lookup, one pointer.
+            offset = names.get(lower)
+            if offset is not None:
+                self.add(_POINTER.pack(0xC000 | offset))
+                return
         out = bytearray()
         pos = 0
         for label in name.split("."):
