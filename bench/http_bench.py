@@ -30,22 +30,19 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from tests.agentproc import free_port, free_ports  # noqa: E402  (ports free for TCP and UDP)
 
 
 def start_agent(consul: str | None, port: int, extra: list[str] | None = None) -> subprocess.Popen:
-    dns = free_port()
+    # Distinct ports, all different from `port`: two binds of port 0 in a row may get one number.
+    dns, lan, wan, server, grpc = [p for p in free_ports(6) if p != port][:5]
     if consul:
         data = tempfile.mkdtemp(prefix="consul-bench-")
         cmd = [consul, "agent", "-dev", "-node", "bench", "-http-port", str(port),
-               "-dns-port", str(dns), "-serf-lan-port", str(free_port()),
-               "-serf-wan-port", str(free_port()), "-server-port", str(free_port()),
-               "-grpc-port", str(free_port()), "-log-level", "err", "-data-dir", data,
+               "-dns-port", str(dns), "-serf-lan-port", str(lan),
+               "-serf-wan-port", str(wan), "-server-port", str(server),
+               "-grpc-port", str(grpc), "-log-level", "err", "-data-dir", data,
                # Consul caps connections per client address at 200 by default.
                "-hcl", "limits { http_max_conns_per_client = 5000 }"]
     else:
