@@ -58,6 +58,7 @@ class _TCPQuery(Protocol):
 
 class Forwarder(DatagramProtocol):
     log = txaio.make_logger()
+    noisy = False
 
     def __init__(self, reactor, recursors: list[str], timeout: float,
                  rng: random.Random | None = None) -> None:

@@ -161,6 +161,7 @@ class DNSController:
 
 class DNSDatagramProtocol(DatagramProtocol):
     log = txaio.make_logger()
+    noisy = False  # the port's own open/close lines are enough
 
     def __init__(self, controller: DNSController) -> None:
         self.controller = controller
