@@ -82,9 +82,12 @@ def trim_udp(question: wire.Question, answers: Records, authority: Sequence[wire
     max_size = wire.MIN_UDP
     if question.edns and question.udp_size > max_size:
         max_size = min(question.udp_size, MAX_UDP_DATAGRAM)
+    max_answers = min(MAX_UDP_ANSWERS, udp_answer_limit)
+    if (count <= max_answers or max_size > wire.MIN_UDP) and \
+            _uncompressed_size(question, answers, authority, additional) <= max_size:
+        return answers, additional, False  # the common case: it all fits, nothing to cut
     index = _index(additional) if additional else None
     compressed = True
-    max_answers = min(MAX_UDP_ANSWERS, udp_answer_limit)
     if max_size == wire.MIN_UDP and count > max_answers:
         compressed = False
         answers = answers[:max(max_answers, 0)]
