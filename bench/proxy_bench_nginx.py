@@ -43,44 +43,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.nginx_conf import nginx_conf, proxy_body  # noqa: E402  (shared with the tests)
 BACKENDS = ["b0", "b1", "b2", "b3"]
 
-FRONT_CONF = """\
-worker_processes 1;
-error_log {prefix}/logs/error.log notice;
-pid {prefix}/logs/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {upstreams};
-    server {{
-        listen 127.0.0.1:{port};
-        add_header X-Worker $pid always;
-        location / {{ proxy_pass http://web; }}
-    }}
-}}
-"""
-
-BACKEND_CONF = """\
-worker_processes 1;
-error_log {prefix}/logs/error.log warn;
-pid {prefix}/logs/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-{servers}
-}}
-"""
 
 
 def free_port() -> int:
@@ -273,14 +239,15 @@ def main() -> None:
             f"    server {{ listen 127.0.0.1:{p}; location / {{ return 200 \"{n}\"; }} }}"
             for n, p in ports.items())
         back, _ = start_nginx(opts.nginx, tmp / "back",
-                              BACKEND_CONF.format(prefix=tmp / "back", servers=servers))
+                              nginx_conf(tmp / "back", servers, log_level="warn"))
         procs.append(back)
         front_port = free_port()
         upstreams = tmp / "front" / "conf" / "waypost-upstreams.conf"
         upstreams.parent.mkdir(parents=True)
         upstreams.write_text("upstream web { server 127.0.0.1:1 down; }\n")
-        front, front_args = start_nginx(opts.nginx, tmp / "front", FRONT_CONF.format(
-            prefix=tmp / "front", upstreams=upstreams, port=front_port))
+        front, front_args = start_nginx(opts.nginx, tmp / "front", nginx_conf(
+            tmp / "front", proxy_body(upstreams, front_port,
+                                      "        add_header X-Worker $pid always;\n")))
         procs.append(front)
         for port in list(ports.values()) + [front_port]:
             wait_port(port, front if port == front_port else back, "nginx")

@@ -32,6 +32,7 @@ from plugins.nginx.apply import (REJECTED, RELOAD_FAILED, RELOADED, UNCHANGED, N
                                  run_process)
 from plugins.nginx.plugin import NginxService, parse_duration
 from plugins.nginx.render import PLACEHOLDER, render_upstreams, server_address, upstream_block
+from tests.nginx_conf import nginx_conf, proxy_body
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 needs_nginx = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
@@ -301,25 +302,6 @@ class _NameHandler(BaseHTTPRequestHandler):
         pass
 
 
-NGINX_CONF = """\
-worker_processes 1;
-error_log {prefix}/logs/error.log notice;
-pid {prefix}/logs/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    include {upstreams};
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ proxy_pass http://web; }}
-    }}
-}}
-"""
 
 
 class Nginx:
@@ -333,8 +315,8 @@ class Nginx:
         self.upstreams = root / "conf" / "waypost-upstreams.conf"
         self.upstreams.write_text(upstream_block("web", []))
         self.conf = root / "conf" / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(prefix=root, upstreams=self.upstreams,
-                                               port=self.port))
+        self.conf.write_text(nginx_conf(
+            root, proxy_body(self.upstreams, self.port), connections=256))
         self.args = ["-p", f"{root}/", "-c", str(self.conf)]
         self.error_log = root / "logs" / "error.log"
         self.stderr = open(root / "logs" / "stderr.log", "wb")
