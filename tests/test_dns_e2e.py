@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.agentproc import ROOT, AgentProcess
+from tests.agentproc import free_ports, ROOT, AgentProcess
 
 FRAGMENT = ROOT / "contrib" / "dnsmasq" / "10-consul.conf"
 API_INSTANCES = 20
@@ -101,23 +101,34 @@ class Dnsmasq:
     """A dnsmasq in the foreground on a free port of 127.0.0.1, reading no system files."""
 
     def __init__(self, tmp: Path, *options: str) -> None:
-        self.port = free_udp_port()
-        self.pid_file = tmp / f"dnsmasq-{self.port}.pid"
-        self.log_file = tmp / f"dnsmasq-{self.port}.log"
+        self.tmp = tmp
+        self.options = options
+        self.proc: subprocess.Popen | None = None
+        self._choose_port()
+
+    def _choose_port(self) -> None:
+        # Free for TCP too: dnsmasq listens on both and stops when either is taken.
+        self.port = free_ports(1)[0]
+        self.pid_file = self.tmp / f"dnsmasq-{self.port}.pid"
+        self.log_file = self.tmp / f"dnsmasq-{self.port}.log"
         self.cmd = ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--port={self.port}",
                     "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-                    "--no-hosts", f"--pid-file={self.pid_file}", *options]
-        self.proc: subprocess.Popen | None = None
+                    "--no-hosts", "--log-facility=-", f"--pid-file={self.pid_file}",
+                    *self.options]
 
-    def start(self) -> "Dnsmasq":
-        # Its log goes to a file: a pipe nobody reads could fill up and stall it.
-        with open(self.log_file, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            wait_for_dns(self.port)
-        except RuntimeError as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}: {self.log_file.read_text()}") from None
+    def start(self, attempts: int = 3) -> "Dnsmasq":
+        for attempt in range(attempts):
+            # Its log goes to a file: a pipe nobody reads could fill up and stall it.
+            with open(self.log_file, "wb") as log:
+                self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                wait_for_dns(self.port)
+                return self
+            except RuntimeError as exc:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"{exc}: {self.log_file.read_text()}") from None
+                self._choose_port()  # the port was taken under us: another one
         return self
 
     def stop(self) -> None:
