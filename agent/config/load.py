@@ -232,6 +232,7 @@ def _build(c: Mapping[str, Any], dev: bool) -> AgentConfig:
         client_addr=c.get("client_addr", "127.0.0.1"),
         http_addr=addresses.get("http", ""),
         dns_addr=addresses.get("dns", ""),
+        unix_sockets=dict(c.get("unix_sockets", {})),
         ports=Ports(**c.get("ports", {})),
         data_dir=c.get("data_dir", ""),
         log_level=c.get("log_level", "info"),

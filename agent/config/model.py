@@ -102,6 +102,8 @@ class AgentConfig:
     client_addr: str = "127.0.0.1"
     http_addr: str = ""  # addresses.http overrides client_addr for the HTTP API
     dns_addr: str = ""  # addresses.dns overrides client_addr for DNS
+    # unix_sockets {mode, user, group}: applied to the socket file of a "unix://" address.
+    unix_sockets: Mapping[str, str] = field(default_factory=dict)
     ports: Ports = Ports()
     data_dir: str = ""
     log_level: str = "info"  # lower case: trace, debug, info, warn or error
