@@ -18,12 +18,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from agent import structs
-from agent.checks.alias import AliasRunner, alias_status
+from agent.checks.alias import WATCH_RETRY, AliasRunner, alias_status
 from agent.checks.base import OUTPUT_MAX, IntervalRunner, TailBuffer, cap_output, go_duration
 from agent.checks.docker import DockerRunner
 from agent.checks.factory import MIN_INTERVAL, make_runner
@@ -241,6 +242,66 @@ def test_a_crashing_run_is_critical_and_the_schedule_goes_on():
     runner.stop()
 
 
+@pytest.mark.parametrize("nonsense", ["passing", None, ("passing",), ("bogus", "x"),
+                                      (structs.PASSING, b"bytes")])
+def test_a_run_returning_nonsense_is_critical_and_the_schedule_goes_on(nonsense):
+    clock = Clock()
+    runner = ManualRunner(clock, interval=5.0, rng=FixedRandom(0.0))
+    runner.start()
+    clock.advance(0)
+    runner.runs[0].callback(nonsense)
+    clock.advance(5)
+    assert runner.started_at == [0.0, 5.0]  # it ran again
+    check_id, status, output = runner.notifier.updates[0]
+    assert (check_id, status) == ("chk", structs.CRITICAL)
+    assert output.startswith("Check failed to run: ")
+    runner.stop()
+
+
+def test_the_same_failure_is_logged_once_until_the_check_recovers():
+    clock = Clock()
+    errors = ["boom", "boom", "boom", "bang", None, "boom"]
+
+    class Flaky(ManualRunner):
+        def run_once(self):
+            self.started_at.append(clock.seconds())
+            error = errors[len(self.started_at) - 1]
+            if error:
+                raise RuntimeError(error)
+            return (structs.PASSING, "fine")
+
+    runner = Flaky(clock, interval=1.0, rng=FixedRandom(0.0))
+    with capturedLogs() as events:
+        runner.start()
+        clock.advance(0)
+        for _ in errors[1:]:
+            clock.advance(1)
+    runner.stop()
+    logged = [event["log_failure"].getErrorMessage() for event in events
+              if "log_failure" in event]
+    assert logged == ["boom", "bang", "boom"]
+    assert len(runner.notifier.updates) == len(errors)  # each run still reported
+
+
+def test_stop_survives_a_canceller_that_raises():
+    clock = Clock()
+
+    class Stuck(ManualRunner):
+        def run_once(self):
+            def cancel(_):
+                raise OSError("cannot kill")
+            run = Deferred(cancel)
+            self.runs.append(run)
+            return run
+
+    runner = Stuck(clock, rng=FixedRandom(0.0))
+    runner.start()
+    clock.advance(0)
+    runner.stop()  # does not raise into the caller (a deregistration, an agent stop)
+    assert not runner.running
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_notifier_that_stops_the_runner_leaves_no_timer():
     clock = Clock()
     runner = ManualRunner(clock, rng=FixedRandom(0.0))
@@ -405,6 +466,46 @@ def test_alias_runner_reports_a_failing_reader():
         ("alias", structs.CRITICAL, "Failure checking aliased node or service: no leader")]
 
 
+def test_alias_runner_survives_a_failing_watch_and_retries_it():
+    clock, catalog, notifier = Clock(), FakeCatalog(), Recorder()
+    catalog.node_checks["n1"] = [structs.PASSING]
+    failures = [RuntimeError("store closed")]
+
+    def watch(callback):
+        if failures:
+            raise failures.pop()
+        return catalog.watch(callback)
+
+    runner = AliasRunner(clock, "alias", notifier, node="n1", service_id="",
+                         store_reader=catalog.read, watch=watch)
+    runner.start()  # does not raise into the registration
+    assert notifier.updates == [
+        ("alias", structs.CRITICAL, "Failure checking aliased node or service: store closed")]
+    clock.advance(WATCH_RETRY)
+    assert notifier.updates[-1] == ("alias", structs.PASSING, "All checks passing.")
+    assert len(catalog.watchers) == 1
+    runner.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_alias_runner_survives_a_failing_notifier_and_odd_reader_output():
+    clock, catalog = Clock(), FakeCatalog()
+    catalog.node_checks["n1"] = [structs.PASSING]
+
+    class Broken(Recorder):
+        def update_check(self, *args):
+            super().update_check(*args)
+            raise RuntimeError("notifier down")
+
+    notifier = Broken()
+    runner = AliasRunner(clock, "alias", notifier, node="n1", service_id="",
+                         store_reader=lambda node, service: 42, watch=catalog.watch)
+    runner.start()  # a non-iterable answer and a raising notifier: neither escapes
+    assert notifier.updates[0][1] == structs.CRITICAL
+    assert len(catalog.watchers) == 1  # still following the catalog
+    runner.stop()
+
+
 # --- factory --------------------------------------------------------------------------------
 
 
@@ -413,11 +514,11 @@ def spec(**kw) -> CheckSpec:
     return CheckSpec(check_id=kw.pop("check_id", "c1"), name="c", definition=definition, **kw)
 
 
-def test_factory_gives_no_runner_to_ttl_untyped_and_grpc_checks():
+def test_factory_gives_no_runner_to_ttl_and_untyped_checks():
     clock, notifier = Clock(), Recorder()
     assert make_runner(spec(type="ttl", ttl=10.0), clock, notifier) is None
     assert make_runner(spec(type=""), clock, notifier) is None
-    assert make_runner(spec(type="grpc", grpc="127.0.0.1:1"), clock, notifier) is None
+    # gRPC checks do run now: see test_checks_grpc.py
 
 
 def test_factory_builds_each_kind_with_consuls_limits():
@@ -689,6 +790,24 @@ async def test_http_stop_abandons_a_request_in_flight(web):
     assert notifier.updates == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_check_clients_do_not_log_a_line_per_connection(web):
+    port = closed_port()
+    with capturedLogs() as events:
+        await http_runner(web.url + "/ok").run_once()
+        await TCPRunner(reactor, "t", 10.0, 2.0, Recorder(),
+                        address=f"127.0.0.1:{web.port.getHost().port}").run_once()
+        await DockerRunner(reactor, "d", 10.0, 2.0, Recorder(), container_id="c",
+                           args=("true",), docker_host=f"tcp://127.0.0.1:{port}").run_once()
+        for _ in range(300):  # let the server see the clients hang up
+            if not web.factory.protocols:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+    noise = [event for event in events
+             if event.get("log_format", "").startswith(("Starting factory", "Stopping factory"))]
+    assert noise == []
+
+
 # --- real servers: TCP ----------------------------------------------------------------------
 
 
@@ -756,6 +875,12 @@ async def test_script_huge_output_keeps_the_tail_like_consul():
     status, output = await runner.run_once()
     assert status == structs.PASSING
     assert output == "Captured 4096 of 100003 bytes\n...\n" + "x" * 4093 + "END"
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_with_a_nul_byte_is_critical_with_gos_words():
+    assert await script_runner(args=["/bin/echo", "a\x00b"]).run_once() == (
+        structs.CRITICAL, "fork/exec /bin/echo: invalid argument")
 
 
 @pytest_twisted.ensureDeferred

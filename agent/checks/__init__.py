@@ -1,4 +1,5 @@
-"""Check runners: HTTP, TCP, script, Docker and alias checks, reporting through `CheckNotifier`.
+"""Check runners: HTTP, TCP, gRPC, script, Docker and alias checks, reporting through
+`CheckNotifier`.
 
 `factory.make_runner(spec, reactor, notifier, ...)` picks and builds the runner for a check;
 `base` holds the shared run loop and Consul's output-capping rules. TTL checks have no runner:

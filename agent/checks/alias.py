@@ -22,8 +22,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import txaio
+
 from agent import structs
 from agent.checks.base import CheckNotifier, go_quote
+
+WATCH_RETRY = 1.0  # seconds before trying again to watch the catalog after that failed
 
 StoreReader = Callable[[str, str], "Iterable[Any] | None"]
 Watch = Callable[[Callable[[], None]], Any]
@@ -59,9 +63,14 @@ def _failing(check: Any, state: str) -> str:
 class AliasRunner:
     """Consul's alias check, driven by catalog changes instead of a timer.
 
+    A failing reader makes the alias critical with the error as output; a watch that cannot
+    be registered is retried every `WATCH_RETRY` seconds, so the alias never goes quiet.
+
     Recomputing happens in a fresh reactor turn, never inside the watch callback: the store
     fires watches at the end of a write, and our own status update is another write.
     """
+
+    log = txaio.make_logger()
 
     def __init__(self, reactor, check_id: str, notifier: CheckNotifier, *, node: str,
                  service_id: str, store_reader: StoreReader, watch: Watch) -> None:
@@ -75,6 +84,7 @@ class AliasRunner:
         self._handle: Any = None
         self._pending: Any = None  # IDelayedCall of a queued refresh
         self._last: tuple[str, str] | None = None
+        self._last_error: str | None = None
         self._started = False
 
     def start(self) -> None:
@@ -103,13 +113,35 @@ class AliasRunner:
             return
         # Watch again before reading, so a change made between the read and the next
         # registration cannot slip past.
-        self._handle = self._watch(self._changed)
         try:
-            checks = self._read(self.node, self.service_id)
+            self._handle = self._watch(self._changed)
+        except Exception as exc:  # noqa: BLE001 - without a watch, poll until one works
+            self._log_once(exc)
+            self._pending = self._reactor.callLater(WATCH_RETRY, self._refresh)
+            self._publish((structs.CRITICAL,
+                           f"Failure checking aliased node or service: {exc}"))
+            return
+        try:
+            result = alias_status(self._read(self.node, self.service_id), self.node,
+                                  self.service_id)
         except Exception as exc:  # noqa: BLE001 - shown as Consul shows a failed lookup
+            self._log_once(exc)
             result = (structs.CRITICAL, f"Failure checking aliased node or service: {exc}")
         else:
-            result = alias_status(checks, self.node, self.service_id)
-        if result != self._last:
-            self._last = result
+            self._last_error = None
+        self._publish(result)
+
+    def _publish(self, result: tuple[str, str]) -> None:
+        if result == self._last:
+            return
+        self._last = result
+        try:
             self._notifier.update_check(self.check_id, *result)
+        except Exception:  # noqa: BLE001 - a broken notifier must not stop the alias
+            self.log.failure("notifier failed for check {check_id}", check_id=self.check_id)
+
+    def _log_once(self, exc: BaseException) -> None:
+        """Log a failure with its traceback, but the same one again only in the output."""
+        if str(exc) != self._last_error:
+            self._last_error = str(exc)
+            self.log.failure("alias check {check_id} failed", check_id=self.check_id)

@@ -28,6 +28,7 @@ txaio.use_twisted()
 
 OUTPUT_MAX = 4096  # Consul's DefaultBufSize: the most output a check keeps
 USER_AGENT = "Consul Health Check"
+_STATUSES = frozenset({structs.PASSING, structs.WARNING, structs.CRITICAL})
 
 
 class CheckNotifier(Protocol):
@@ -134,7 +135,9 @@ class IntervalRunner:
 
     Subclasses implement `run_once() -> Deferred[(status, output)]`. Its Deferred must clean up
     (kill a process, drop a connection) when cancelled, because `stop()` cancels a run in
-    flight. A run that fails unexpectedly is reported as critical with the error text.
+    flight. A run that fails unexpectedly (or returns something that is not a (status,
+    output) pair) is reported as critical with the error text, logged once, and the schedule
+    goes on.
 
     ``success_before_passing`` and ``failures_before_critical`` are Consul's StatusHandler: a
     passing/warning result is reported only after that many in a row, a critical one only
@@ -161,6 +164,7 @@ class IntervalRunner:
         self._started = False
         self._timer: Any = None  # IDelayedCall of the next run
         self._running: Deferred | None = None  # the run in flight
+        self._last_error: str | None = None  # the failure logged last, until a run succeeds
 
     def run_once(self) -> Deferred:
         raise NotImplementedError
@@ -179,7 +183,11 @@ class IntervalRunner:
         self._timer = None
         running, self._running = self._running, None
         if running is not None:
-            running.cancel()  # its result, whatever it is, is ignored by _completed
+            try:
+                running.cancel()  # its result, whatever it is, is ignored by _completed
+            except Exception:  # noqa: BLE001 - removing a check must not fail on its cleanup
+                self.log.failure("check {check_id}: stopping its run failed",
+                                 check_id=self.check_id)
 
     @property
     def running(self) -> bool:
@@ -199,16 +207,34 @@ class IntervalRunner:
         if self._running is not run:
             return  # stopped meanwhile: swallow whatever it produced, CancelledError too
         self._running = None
-        if isinstance(result, Failure):
-            self.log.failure("check {check_id} failed to run", failure=result,
-                             check_id=self.check_id)
-            status, output = structs.CRITICAL, f"Check failed to run: {result.getErrorMessage()}"
-        else:
-            status, output = result
-        # Schedule before notifying: a notifier that stops this runner must find the timer.
+        # Schedule before anything else can go wrong, and before notifying: one broken run
+        # must never end the schedule, and a notifier that stops this runner must find the
+        # timer to cancel.
         self._schedule(self.interval)
+        try:
+            status, output = self._outcome(result)
+        except Exception:  # noqa: BLE001 - a run that returned nonsense is a failed run
+            status, output = self._outcome(Failure())
         self._report(status, output)
-        return
+
+    def _outcome(self, result: Any) -> tuple[str, str]:
+        """(status, output) of a finished run; a failure is critical with its error text.
+
+        A failure is logged with its traceback once; the same error again on the next runs
+        only shows in the check's output, so a broken check cannot flood the log.
+        """
+        if isinstance(result, Failure):
+            message = result.getErrorMessage()
+            if message != self._last_error:
+                self._last_error = message
+                self.log.failure("check {check_id} failed to run", failure=result,
+                                 check_id=self.check_id)
+            return structs.CRITICAL, f"Check failed to run: {message}"
+        status, output = result
+        if status not in _STATUSES or not isinstance(output, str):
+            raise TypeError(f"a check run gave {result!r}, not (status, output)")
+        self._last_error = None
+        return status, output
 
     def _report(self, status: str, output: str) -> None:
         if status in (structs.PASSING, structs.WARNING):

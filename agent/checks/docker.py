@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -39,7 +39,7 @@ from agent.checks.base import (
     dial_error,
     go_duration,
 )
-from agent.checks.http import BytesProducer, capped_sink, deliver_body, go_url_op
+from agent.checks.http import BytesProducer, capped_sink, deliver_body, go_url_op, quiet_pool
 from agent.checks.script import DEFAULT_SHELL, status_for_exit
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -131,7 +131,7 @@ class DockerRunner(IntervalRunner):
                           else f"http://{self._address}")
             self._agent = Agent.usingEndpointFactory(
                 reactor, _EngineEndpoints(reactor, self._proto, self._address),
-                pool=HTTPConnectionPool(reactor, persistent=False))
+                pool=quiet_pool(reactor))  # no keep-alive, no log line per call
 
     def run_once(self) -> Deferred:
         run = Deferred.fromCoroutine(self._check())

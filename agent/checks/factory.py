@@ -3,7 +3,7 @@
 As Consul's agent does when it adds a check: an interval under one second is raised to one
 second (so a typo cannot fork-bomb the host), and a check's ``OutputMaxSize`` can only lower
 the 4 KiB output limit. TTL checks have no runner (the local state expires them), nor do
-checks with no type; gRPC checks are not run yet and get None too.
+checks with no type.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from agent.checks.alias import AliasRunner, StoreReader, Watch
 from agent.checks.base import OUTPUT_MAX, CheckNotifier, IntervalRunner
 from agent.checks.docker import DockerRunner
+from agent.checks.grpc_check import GRPCRunner
 from agent.checks.http import HTTPRunner
 from agent.checks.script import ScriptRunner
 from agent.checks.tcp import TCPRunner
@@ -33,8 +34,8 @@ def make_runner(spec: CheckSpec, reactor, notifier: CheckNotifier, *,
         return AliasRunner(reactor, spec.check_id, notifier,
                            node=spec.alias_node or local_node, service_id=spec.alias_service,
                            store_reader=store_reader, watch=watch)
-    if spec.type not in ("http", "tcp", "script", "docker"):
-        return None  # "ttl", "grpc", "" and anything unknown
+    if spec.type not in ("http", "tcp", "script", "docker", "grpc"):
+        return None  # "ttl", "" and anything unknown
     definition = spec.definition
     output_max = OUTPUT_MAX
     if 0 < spec.output_max_size < output_max:
@@ -51,6 +52,9 @@ def make_runner(spec: CheckSpec, reactor, notifier: CheckNotifier, *,
                           header=definition.header, body=definition.body,
                           tls_skip_verify=definition.tls_skip_verify, output_max=output_max,
                           **common)
+    if spec.type == "grpc":
+        return GRPCRunner(target=spec.grpc, use_tls=spec.grpc_use_tls,
+                          tls_skip_verify=definition.tls_skip_verify, **common)
     if spec.type == "tcp":
         return TCPRunner(address=definition.tcp, **common)
     if spec.type == "script":

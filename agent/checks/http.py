@@ -15,7 +15,7 @@ whole body and keeps its last 4 KiB; we stop early so an endless body costs noth
 from __future__ import annotations
 
 import random
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -23,8 +23,10 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import (
     Agent,
     BrowserLikeRedirectAgent,
+    HTTPConnectionPool,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.error import InfiniteRedirection, RedirectWithNoLocation, SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -119,17 +121,47 @@ class BytesProducer:
         pass
 
 
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    # Twisted's factories log "Starting factory"/"Stopping factory" at INFO for every
+    # connection; a check connects every interval, which would bury the agent's own log.
+    noisy = False
+
+
+class QuietHTTPConnectionPool(HTTPConnectionPool):
+    """Twisted's connection pool with connections that do not announce themselves in the log.
+
+    ``_factory`` is the pool's documented hook for the per-connection factory.
+    """
+
+    _factory = _QuietHTTP11ClientFactory
+
+
+def quiet_pool(reactor) -> HTTPConnectionPool:
+    """A pool without keep-alive (Consul disables it for checks) and without log noise."""
+    return QuietHTTPConnectionPool(reactor, persistent=False)
+
+
+def no_verify_creator(hostname: str, alpn: Sequence[bytes] = ()):
+    """A TLS client connection creator that checks no certificate (Consul's TLSSkipVerify).
+
+    Raises NotImplementedError without pyOpenSSL, as Twisted does. `alpn` lists the
+    application protocols to offer (gRPC servers may insist on ``h2``).
+    """
+    try:
+        from twisted.internet.ssl import CertificateOptions  # needs pyOpenSSL
+    except ImportError:
+        raise NotImplementedError("SSL support unavailable") from None  # as Twisted says
+    options = (CertificateOptions(verify=False, acceptableProtocols=list(alpn)) if alpn
+               else CertificateOptions(verify=False))
+    return _NoVerifyCreator(options.getContext(), hostname)
+
+
 @implementer(IPolicyForHTTPS)
 class _NoVerifyPolicy:
     """TLS without checking the certificate chain or name (Consul's ``TLSSkipVerify``)."""
 
     def creatorForNetloc(self, hostname: bytes, port: int):
-        try:
-            from twisted.internet.ssl import CertificateOptions  # needs pyOpenSSL
-        except ImportError:
-            raise NotImplementedError("SSL support unavailable") from None  # as Twisted says
-        return _NoVerifyCreator(CertificateOptions(verify=False).getContext(),
-                                hostname.decode("ascii"))
+        return no_verify_creator(hostname.decode("ascii"))
 
 
 class _NoVerifyCreator:
@@ -181,10 +213,11 @@ class HTTPRunner(IntervalRunner):
         self.header = dict(header or {})
         self.body = body
         self.output_max = output_max
-        # No keep-alive (Agent's default pool is non-persistent), as Consul disables it so a
-        # stale pooled connection can never fail a check.
-        agent = (Agent(reactor, contextFactory=_NoVerifyPolicy()) if tls_skip_verify
-                 else Agent(reactor))
+        # No keep-alive, as Consul disables it so a stale pooled connection can never fail a
+        # check; and no "Starting factory" line in the log for every run.
+        pool = quiet_pool(reactor)
+        agent = (Agent(reactor, contextFactory=_NoVerifyPolicy(), pool=pool) if tls_skip_verify
+                 else Agent(reactor, pool=pool))
         self._agent = BrowserLikeRedirectAgent(agent, redirectLimit=REDIRECT_LIMIT)
 
     def _headers(self) -> Headers:
@@ -256,7 +289,7 @@ class HTTPRunner(IntervalRunner):
         if isinstance(exc, ResponseNeverReceived):
             for reason in exc.reasons:
                 if type(reason.value).__module__.startswith(("OpenSSL", "service_identity")):
-                    return f"tls: {_tls_text(reason.value)}"
+                    return f"tls: {tls_text(reason.value)}"
             # The server closed (or reset) without answering; Go reports "EOF".
             return "EOF"
         if isinstance(exc, NotImplementedError) and "SSL" in str(exc):
@@ -275,7 +308,7 @@ class HTTPRunner(IntervalRunner):
         return str(exc) or type(exc).__name__
 
 
-def _tls_text(exc: BaseException) -> str:
+def tls_text(exc: BaseException) -> str:
     """OpenSSL's error queue ([(lib, func, reason), ...]) as its reasons, or the error text."""
     queue = exc.args[0] if exc.args else None
     if isinstance(queue, list) and queue and all(isinstance(e, tuple) for e in queue):

@@ -101,6 +101,8 @@ class ScriptRunner(IntervalRunner):
                 [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, path, *self.argv], env=None)
         except OSError as exc:
             return succeed((structs.CRITICAL, str(exc)))
+        except ValueError:  # a NUL byte in the program or an argument
+            return succeed((structs.CRITICAL, f"fork/exec {path}: invalid argument"))
 
         timed_out: list[bool] = []
 

@@ -52,6 +52,21 @@ class _Probe(Protocol):
             self.lost.callback(None)
 
 
+class _ProbeFactory(Factory):
+    protocol = _Probe
+    noisy = False  # no "Starting factory" INFO line for every run
+
+
+def client_endpoint(reactor, host: str, port: int):
+    """The endpoint Go's dialer would use for `host`: an IPv4 or IPv6 literal, or a name."""
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port)
+    # A name: resolve both families and race them, like Go's dual-stack dialer.
+    return HostnameEndpoint(reactor, host, port)
+
+
 class TCPRunner(IntervalRunner):
     """Consul's TCP check."""
 
@@ -62,20 +77,12 @@ class TCPRunner(IntervalRunner):
                          **thresholds)
         self.address = address
 
-    def _endpoint(self, host: str, port: int):
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, port)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, port)
-        # A name: resolve both families and race them, like Go's dual-stack dialer.
-        return HostnameEndpoint(self._reactor, host, port)
-
     def run_once(self) -> Deferred:
         try:
             host, port = split_host_port(self.address)
         except ValueError as exc:
             return succeed((structs.CRITICAL, f"dial tcp {exc}"))
-        connecting = self._endpoint(host, port).connect(Factory.forProtocol(_Probe))
+        connecting = client_endpoint(self._reactor, host, port).connect(_ProbeFactory())
         connecting.addTimeout(self.timeout, self._reactor)
         connecting.addCallbacks(self._connected, self._failed)
         return connecting
