@@ -8,25 +8,32 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import txaio
 from twisted.application.service import MultiService
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred
 
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
 from agent.errors import InvalidRequest
 from agent.facade import AgentFacade, Member
 from agent.fsm.apply import FSM
-from agent.fsm.commands import Register
+from agent.fsm.commands import Deregister, Register
 from agent.local.antientropy import AntiEntropy
+from agent.local.persist import LocalPersistence, Saved
 from agent.local.state import CONFIG, LocalState
+from agent.loops import LoopSet, ResilientLoop
 from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
 from agent.single_server import SingleServerLog
 from agent.state import snapshot
+from agent.state.snapshot import SnapshotError
 from agent.state.store import StateStore
+
+__all__ = ["Agent", "SnapshotError", "make_agent"]
 
 txaio.use_twisted()
 
@@ -34,31 +41,51 @@ SNAPSHOT_INTERVAL = 5.0  # seconds between snapshots of a changed store (until t
 CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
 
 
+SnapshotWriter = Callable[[StateStore, Path], None]
+
+
 class Agent(MultiService):
+    """One agent's core. Its background loops are in `loops` (by name: "anti-entropy",
+    "check-reaper", "snapshot"), each counting the ticks that failed."""
+
     log = txaio.make_logger()
 
-    def __init__(self, config: AgentConfig, reactor) -> None:
+    def __init__(self, config: AgentConfig, reactor, *,
+                 snapshot_writer: SnapshotWriter = snapshot.save_file,
+                 persistence: LocalPersistence | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.store = StateStore()
         self.fsm = FSM(self.store, report_error=self._report_error)
         self.raft = SingleServerLog(self.fsm)
-        self.local = LocalState(reactor, self.node, self.raft.apply,
+        # API registrations live in data_dir whenever there is one, -dev or not, as in Consul.
+        if persistence is None and config.data_dir:
+            persistence = LocalPersistence(config.data_dir)
+        self.persistence = persistence
+        self.local = LocalState(reactor, self.node, self._sync_write,
                                 runner_factory=self._make_runner,
                                 enable_script_checks=getattr(config, "enable_script_checks", False),
                                 enable_local_script_checks=getattr(
-                                    config, "enable_local_script_checks", False))
-        self.antientropy = AntiEntropy(reactor, self.local, self.store, self.node, self.raft.apply,
+                                    config, "enable_local_script_checks", False),
+                                persistence=self.persistence)
+        self.antientropy = AntiEntropy(reactor, self.local, self.store, self.node, self._sync_write,
                                        keep_services=frozenset({"consul"} if config.server else ()),
                                        keep_checks=frozenset({structs.SERF_CHECK_ID}))
-        self._reaper: LoopingCall | None = None
         self.sessions = SessionManager(reactor, self.store, self.raft.apply,
                                        lambda: self.config.node_name)
         self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
+        self._snapshot_writer = snapshot_writer
         self._saved_index = 0
-        self._saver: LoopingCall | None = None
+        self._state_loaded = False
+        self.loops = LoopSet()
+        self.loops.add(self.antientropy.loop)
+        self.loops.add(ResilientLoop(reactor, "check-reaper", self.local.reap_critical,
+                                     CHECK_REAP_INTERVAL))
+        if self.snapshot_path() is not None:
+            self.loops.add(ResilientLoop(reactor, "snapshot", self.save_snapshot,
+                                         SNAPSHOT_INTERVAL))
         self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names),
@@ -87,6 +114,27 @@ class Agent(MultiService):
 
     def _report_error(self, exc: BaseException) -> None:
         self.log.error("error in a state watcher: {exc!r}", exc=exc)
+
+    def _sync_write(self, command: Any) -> Deferred:
+        """Apply a write of the local state (or anti-entropy) and say so once it is in the
+        catalog, in Consul's words ("Synced service: service=web")."""
+        return self.raft.apply(command).addCallback(self._log_synced, command)
+
+    def _log_synced(self, result: Any, command: Any) -> Any:
+        if isinstance(command, Register):
+            if command.service is not None:
+                self.log.info("Synced service: service={service}", service=command.service.id)
+            for check in command.checks:
+                self.log.info("Synced check: check={check}", check=check.check_id)
+            if command.service is None and not command.checks:
+                self.log.info("Synced node info")
+        elif isinstance(command, Deregister):
+            if command.service_id:
+                self.log.info("Deregistered service: service={service}",
+                              service=command.service_id)
+            elif command.check_id:
+                self.log.info("Deregistered check: check={check}", check=command.check_id)
+        return result
 
     def node(self) -> structs.Node:
         addr = self.config.advertise
@@ -139,25 +187,35 @@ class Agent(MultiService):
         path = self.snapshot_path()
         if path is None or self.store.index == self._saved_index:
             return
+        index = self.store.index
         path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_file(self.store, path)
-        self._saved_index = self.store.index
+        self._snapshot_writer(self.store, path)
+        self._saved_index = index
 
-    def _restore(self) -> None:
-        path = self.snapshot_path()
-        if path is None or not path.exists():
+    def load_state(self) -> None:
+        """Restore the store from the state file, once; raises `SnapshotError` naming the file
+        and what is wrong with it. `startService` calls it; the runner calls it earlier, so
+        that a damaged file stops the agent before anything starts."""
+        if self._state_loaded:
             return
-        snapshot.load_file(path, self.store)
-        self.raft.last_index = self.store.index
-        self._saved_index = self.store.index
-        self.log.info("restored state at index {index} from {path}", index=self.store.index,
-                      path=str(path))
+        path = self.snapshot_path()
+        if path is not None and path.exists():
+            snapshot.load_file(path, self.store)
+            self.raft.last_index = self.store.index
+            self._saved_index = self.store.index
+            self.log.info("restored state at index {index} from {path}", index=self.store.index,
+                          path=str(path))
+        self._state_loaded = True
 
     def startService(self) -> None:
-        self._restore()
-        # A server shows itself in the catalog the way Consul's leader does.
+        self.load_state()
+        self.raft.bootstrap()
         node = self.node()
         c = self.config
+        # A server shows itself in the catalog the way Consul's leader does when the member
+        # joins: the node as gossip knows it (no meta, no tagged addresses), its consul
+        # service and serfHealth. The agent's own sync below then writes the node's full info,
+        # so, as in Consul, the first answers carry an index past 1.
         consul = structs.Service(
             node=node.name, id="consul", name="consul", port=c.ports.server,
             meta={"non_voter": "false", "raft_version": "3", "serf_protocol_current": "2",
@@ -165,18 +223,20 @@ class Agent(MultiService):
         serf = structs.Check(node=node.name, check_id=structs.SERF_CHECK_ID,
                              name=structs.SERF_CHECK_NAME, status=structs.PASSING,
                              output=structs.SERF_ALIVE_OUTPUT)
-        self.raft.apply(Register(node=node, service=consul if c.server else None, checks=(serf,)))
+        member = replace(node, tagged_addresses={}, meta={})
+        self.raft.apply(Register(node=member, service=consul if c.server else None,
+                                 checks=(serf,)))
+        saved = self.persistence.load() if self.persistence is not None else Saved()
+        self.local.expect_saved_states(saved.states)
         self._register_config(self.config)
+        self.local.restore(saved)  # API registrations of the last run; the config's win
         self.sessions.start()  # the one server leads: TTL timers run here
         self.local.start()
-        self.antientropy.start()
-        self._reaper = LoopingCall(self.local.reap_critical)
-        self._reaper.clock = self.reactor
-        self._reaper.start(CHECK_REAP_INTERVAL, now=False)
-        if self.snapshot_path() is not None:
-            self._saver = LoopingCall(self.save_snapshot)
-            self._saver.clock = self.reactor
-            self._saver.start(SNAPSHOT_INTERVAL, now=False)
+        # Consul's state syncer runs a full sync at once, then on its interval.
+        self.antientropy.start(now=True)
+        self.loops["check-reaper"].start()
+        if "snapshot" in self.loops:
+            self.loops["snapshot"].start()
         super().startService()
 
     def _register_config(self, config: AgentConfig) -> None:
@@ -229,13 +289,16 @@ class Agent(MultiService):
         self.sessions.stop()
         self.local.stop()
         self.antientropy.stop()
-        if self._reaper is not None and self._reaper.running:
-            self._reaper.stop()
-        if self._saver is not None and self._saver.running:
-            self._saver.stop()
-        self.save_snapshot()
+        self.loops.stop()
+        try:
+            self.save_snapshot()
+        except OSError as exc:  # the last snapshot tick's file stays; stopping goes on
+            self.log.error("Failed saving the state file at shutdown: {error}", error=exc)
         return super().stopService()
 
 
-def make_agent(config: AgentConfig, reactor) -> Agent:
-    return Agent(config, reactor)
+def make_agent(config: AgentConfig, reactor, *,
+               snapshot_writer: SnapshotWriter = snapshot.save_file,
+               persistence: LocalPersistence | None = None) -> Agent:
+    """The core of one agent; `snapshot_writer` and `persistence` default to the real disk."""
+    return Agent(config, reactor, snapshot_writer=snapshot_writer, persistence=persistence)

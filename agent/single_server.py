@@ -19,6 +19,13 @@ class SingleServerLog:
         self._fsm = fsm
         self.last_index = fsm.store.index
 
+    def bootstrap(self) -> None:
+        """Start a fresh log the way Raft's does: entry 1 is the cluster's configuration, which
+        the FSM never sees, so the first command commits at index 2 (as in Consul, whose first
+        answers carry an index past 1 and clients wait for one). No-op on a non-empty log."""
+        if self.last_index == 0:
+            self.last_index = 1
+
     def apply(self, command: Any) -> Deferred:
         """Commit `command`; the Deferred fires with its result or fails with its error."""
         entry = encode_command(command)

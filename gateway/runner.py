@@ -11,21 +11,44 @@ import sys
 from typing import Callable
 
 import txaio
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
+    PredicateResult,
     globalLogBeginner,
     textFileLogObserver,
 )
 
-from twisted.internet.defer import Deferred, fail, succeed
-
+from agent.agent import SnapshotError
 from agent.config.model import WAYPOST_VERSION, AgentConfig
 from agent.errors import WaypostError
 
 _LEVELS = {"trace": LogLevel.debug, "debug": LogLevel.debug, "info": LogLevel.info,
            "warn": LogLevel.warn, "error": LogLevel.error}
+_ORDER = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,
+          LogLevel.critical: 4}
+# Namespaces of library internals ("Starting factory", "Main loop terminated", legacy
+# log.msg lines): their INFO and DEBUG events are shown only at debug level. Their warnings
+# and errors (an unhandled error in a Deferred) keep their level.
+LIBRARY_NAMESPACES = ("twisted.", "log_legacy", "txaio", "treq", "hyperlink", "automat")
+
+
+def is_library_event(event: dict) -> bool:
+    namespace = event.get("log_namespace") or ""
+    return namespace.startswith(LIBRARY_NAMESPACES)
+
+
+def level_predicate(level: str) -> Callable[[dict], PredicateResult]:
+    """Pass events at or above `level`, counting library chatter as debug."""
+    threshold = _ORDER[_LEVELS[level.lower()]]
+
+    def predicate(event: dict) -> PredicateResult:
+        rank = _ORDER.get(event.get("log_level"), 1)
+        if rank < _ORDER[LogLevel.warn] and is_library_event(event):
+            rank = _ORDER[LogLevel.debug]
+        return PredicateResult.maybe if rank >= threshold else PredicateResult.no
+    return predicate
 
 
 def _syslog_observer():
@@ -47,7 +70,10 @@ def _syslog_observer():
 
 def start_logging(level: str, use_syslog: bool) -> None:
     txaio.use_twisted()
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level.lower()])
+    # txaio loggers drop events below their own level before any observer sees them.
+    txaio.set_global_log_level("trace" if level.lower() == "trace" else
+                               _LEVELS[level.lower()].name)
+    predicate = level_predicate(level)
     observers = [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])]
     if use_syslog:
         observers.append(FilteringLogObserver(_syslog_observer(), [predicate]))
@@ -91,6 +117,12 @@ def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | No
     except PluginConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    try:
+        # Before anything starts: a damaged state file is one clear line and exit 1.
+        server.agent.load_state()
+    except SnapshotError as exc:
+        print(f"Error: cannot start: {exc}", file=sys.stderr)
+        return 1
     if reload_config is not None:
         install_reload(server, reactor, reload_config, log)
     for key in getattr(config, "unsupported", ()):
@@ -114,9 +146,21 @@ def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | No
                  dc=config.datacenter, addr=config.http_addr or config.client_addr,
                  port=config.ports.http)
 
+    def stop():
+        # After a failed start some services never started; stopping them would only raise.
+        if failed or not server.running:
+            return None
+        log.info("Shutting down agent")
+        d = maybeDeferred(server.stopService)
+        d.addErrback(lambda f: log.failure("Error while stopping the agent", failure=f))
+        return d
+
     reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown",
-                                  lambda: server.stopService() if server.running else None)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    # Twisted handles SIGINT only if it still has Python's default handler when the reactor
+    # starts; a parent that ignored SIGINT (nohup, `cmd &` in a script) would leave the agent
+    # deaf to it. Consul stops gracefully on SIGINT whatever its parent did, so do we.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()
     if failed:
         print(f"Error starting agent: {failed[0]}", file=sys.stderr)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 from tests.agentproc import ROOT, AgentProcess, free_port
 
@@ -120,5 +124,121 @@ def test_agent_flag_spellings_and_clean_shutdown():
         assert proc.proc.wait(10) == 0
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", proc.port)) != 0  # the port is closed
+    finally:
+        proc.stop()
+
+
+def _wait_ready(agent: AgentProcess, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert agent.proc.poll() is None, agent.proc.stderr.read().decode()
+        try:
+            status, _, leader = agent.request("GET", "/v1/status/leader", timeout=1)
+            if status == 200 and json.loads(leader):
+                return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.05)
+    raise AssertionError("agent did not come up in time")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigint_stops_the_agent_even_if_its_parent_ignored_sigint():
+    # As under `nohup ... &`: SIGINT is ignored when the agent starts.
+    agent = AgentProcess()
+    agent.proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.main", *agent.args], cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        _wait_ready(agent)
+        agent.proc.send_signal(signal.SIGINT)
+        assert agent.proc.wait(10) == 0  # stopped, and gracefully
+        assert not _listening(agent.port)
+    finally:
+        agent.stop()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    hits: list = []
+
+    def do_GET(self):
+        type(self).hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_check_runs_leave_no_library_chatter_and_syncs_are_logged():
+    handler = type("Health", (_Health,), {"hits": []})
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=target.serve_forever, daemon=True)
+    thread.start()
+    agent = AgentProcess("-log-level", "info").start()
+    log = ""
+    try:
+        url = f"http://127.0.0.1:{target.server_address[1]}/health"
+        body = {"Name": "web", "Port": 80, "Check": {"HTTP": url, "Interval": "1s"}}
+        assert agent.request("PUT", "/v1/agent/service/register", json.dumps(body))[0] == 200
+        deadline = time.monotonic() + 30
+        while len(handler.hits) < 4 and time.monotonic() < deadline:
+            log += agent.log_so_far()
+            time.sleep(0.05)
+        assert len(handler.hits) >= 4, "the check did not run"
+        assert agent.request("PUT", "/v1/agent/service/deregister/web")[0] == 200
+        agent.proc.terminate()
+        assert agent.proc.wait(10) == 0
+        log += agent.log_so_far()
+    finally:
+        agent.stop()
+        target.shutdown()
+        target.server_close()
+    # Library internals ("Starting factory", "Main loop terminated") are debug, not info.
+    assert "Starting factory" not in log and "Stopping factory" not in log
+    assert not re.search(r"\[twisted\.[^\]]*#info\]", log), log
+    assert "Synced service: service=web" in log
+    assert "Synced check: check=service:web" in log  # it turned passing
+    assert "Deregistered service: service=web" in log
+    assert len(log.splitlines()) < 20, log
+
+
+def test_library_info_is_debug_but_library_errors_stay():
+    from twisted.logger import LogLevel, PredicateResult
+
+    from gateway.runner import level_predicate
+
+    def event(namespace, level):
+        return {"log_namespace": namespace, "log_level": level}
+    info, debug = level_predicate("info"), level_predicate("debug")
+    chatter = event("twisted.internet.protocol.Factory", LogLevel.info)
+    assert info(chatter) == PredicateResult.no and debug(chatter) == PredicateResult.maybe
+    assert info(event("log_legacy", LogLevel.info)) == PredicateResult.no
+    assert info(event("twisted.internet.defer", LogLevel.critical)) == PredicateResult.maybe
+    assert info(event("agent.agent.Agent", LogLevel.info)) == PredicateResult.maybe
+    assert info(event("myplugin.thing", LogLevel.info)) == PredicateResult.maybe
+    assert level_predicate("warn")(event("agent.agent.Agent", LogLevel.info)) == PredicateResult.no
+
+
+def test_a_fresh_agent_answers_an_index_past_1():
+    # As a fresh Consul -dev: the catalog was written (member join, then the agent's node
+    # sync) before the first answer, so clients waiting for an index of 2 are served; a KV
+    # table nobody wrote answers 1 (Consul: catalog/nodes 12, catalog/services 10, kv 1).
+    proc = AgentProcess().start()
+    try:
+        def index(path):
+            return int(proc.request("GET", path)[1]["X-Consul-Index"])
+        assert index("/v1/catalog/nodes") >= 2
+        assert index("/v1/catalog/services") >= 2
+        assert index("/v1/health/state/any") >= 2
+        assert index("/v1/catalog/nodes") > index("/v1/catalog/services")
+        assert index("/v1/kv/missing") == 1
     finally:
         proc.stop()

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from agent import structs
 from agent.fsm.commands import Deregister, Register
 from agent.local.state import LocalState
+from agent.loops import ResilientLoop
 from agent.state.store import StateStore
 
 txaio.use_twisted()
@@ -56,27 +57,20 @@ class AntiEntropy:
         self._keep_checks = keep_checks
         self._interval = interval
         self._rng = rng or random.Random()
-        self._timer = None
         self.syncs = 0
+        # A sync that raises or fails is logged and counted by the loop; the next runs anyway.
+        self.loop = ResilientLoop(reactor, "anti-entropy", self.sync, self._next_delay)
 
-    def start(self) -> None:
-        self._schedule()
+    def start(self, now: bool = False) -> None:
+        """Sync on the interval; with `now`, once at once first (as Consul does at start)."""
+        self.loop.start(now=now)
 
     def stop(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.loop.stop()
 
-    def _schedule(self) -> None:
+    def _next_delay(self) -> float:
         interval = scaled_interval(self._interval, len(self._store.catalog.nodes))
-        delay = interval + self._rng.random() * interval / 2
-        self._timer = self._reactor.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        d = self.sync()
-        d.addErrback(lambda f: self.log.failure("anti-entropy sync failed", failure=f))
-        d.addBoth(lambda _: self._schedule())
+        return interval + self._rng.random() * interval / 2
 
     def sync(self) -> Deferred:
         """One full sync; fires when every repairing write has been applied."""
@@ -115,7 +109,15 @@ class AntiEntropy:
                 writes.append(self._write(Deregister(node=node.name, check_id=check_id)))
         if not writes:
             return succeed(0)
-        return DeferredList(writes, consumeErrors=True).addCallback(lambda _: len(writes))
+        return DeferredList(writes, consumeErrors=True).addCallback(self._outcome)
+
+    def _outcome(self, results: list) -> int:
+        """The number of repairing writes; a refused one fails the sync, so that the loop
+        logs and counts it (the others stand, and the next sync retries what failed)."""
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+        return len(results)
 
     def _expected(self, check: structs.Check) -> structs.Check:
         """The row the catalog would hold for a local check (it fills in service fields)."""
