@@ -351,10 +351,17 @@ def _catalog_service(raw: Mapping[str, Any], node_name: str) -> structs.Service:
         port=int(raw.get("Port", 0)),
         meta=dict(raw.get("Meta", {})),
         tagged_addresses=_service_addresses(raw.get("TaggedAddresses", {})),
-        weights=_weights(raw.get("Weights")),
+        weights=_catalog_weights(raw.get("Weights")),
         enable_tag_override=raw.get("EnableTagOverride", False),
         kind=raw.get("Kind", ""),
     )
+
+
+def _catalog_weights(raw: Mapping[str, Any] | None) -> structs.Weights:
+    """A catalog write's weights: Consul keeps valid ones and puts the default (1, 1) in place
+    of any it would refuse in an agent registration (a DNS SRV weight is 16 bits)."""
+    weights = _weights(raw)
+    return structs.Weights() if _weights_problem(weights) else weights
 
 
 def _catalog_check(raw: Mapping[str, Any], path: tuple, node_name: str,

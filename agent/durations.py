@@ -65,6 +65,11 @@ def _go_duration_nanos(text: str) -> int:
             raise invalid("missing unit")
         if unit not in _UNIT_NANOS:
             raise invalid(f"unknown unit {show(unit)}")
+        # int() raises ValueError past 4,300 digits (a 500): more than 20 whole digits is out
+        # of range anyway, and digits of a fraction past the 30th cannot change a nanosecond.
+        if len(whole.lstrip("0")) > 20:
+            raise invalid("out of range")
+        fraction = fraction[:30]
         number = Fraction(int(whole or "0"))
         if fraction:
             number += Fraction(int(fraction), 10 ** len(fraction))

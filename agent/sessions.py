@@ -90,10 +90,16 @@ class SessionManager:
     # --- the facade API ---
 
     def create(self, name: str = "", node: str | None = None,
-               checks: tuple[str, ...] | list[str] = (structs.SERF_CHECK_ID,),
+               checks: tuple[str, ...] | list[str] | None = (structs.SERF_CHECK_ID,),
                lock_delay: float = structs.DEFAULT_LOCK_DELAY,
-               behavior: str = structs.SESSION_RELEASE, ttl: float = 0.0) -> Deferred:
-        """Create a session; fires with its ID, fails with `WaypostError` (Consul's texts)."""
+               behavior: str = structs.SESSION_RELEASE, ttl: float = 0.0,
+               service_checks: tuple[structs.ServiceCheck, ...] | None = None,
+               legacy_checks: tuple[str, ...] = ()) -> Deferred:
+        """Create a session; fires with its ID, fails with `WaypostError` (Consul's texts).
+
+        `checks` are its node checks (None: shown as null), `service_checks` its service
+        checks and `legacy_checks` the pre-1.7 "Checks", all kept as given (Consul keeps
+        duplicates too); the session goes when any of them turns critical."""
         behavior = behavior or structs.SESSION_RELEASE
         if behavior not in structs.SESSION_BEHAVIORS:
             return fail(WaypostError(f"Invalid Behavior setting '{behavior}'"))
@@ -107,9 +113,12 @@ class SessionManager:
         session_id = self._new_id()
         while session_id in self._store.sessions.sessions:
             session_id = self._new_id()
+        # A negative lock-delay is kept to be shown as given, and counts as none.
         session = Session(id=session_id, name=name, node=node,
-                          checks=tuple(dict.fromkeys(checks)), lock_delay=max(lock_delay, 0.0),
-                          behavior=behavior, ttl=ttl)
+                          checks=None if checks is None else tuple(checks),
+                          lock_delay=lock_delay, behavior=behavior, ttl=ttl,
+                          service_checks=None if service_checks is None else
+                          tuple(service_checks), legacy_checks=tuple(legacy_checks))
         return self._write(SessionCreate(session))
 
     def renew(self, session_id: str) -> Deferred:

@@ -117,23 +117,41 @@ SESSION_TTL_MULTIPLIER = 2  # a TTL session lives until TTL x 2 passes without a
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCheck:
+    """One of a session's service checks, as Consul names it (ID and namespace)."""
+
+    id: str
+    namespace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
     """A session: locks taken with it are released (or their keys deleted) when it goes.
 
-    `lock_delay` and `ttl` are seconds; a `ttl` of 0 means the session has none. `checks` name
-    checks of `node`; the session is invalidated when one of them turns critical or goes away,
-    or when the node is deregistered.
+    `lock_delay` and `ttl` are seconds; a `ttl` of 0 means the session has none. `checks`
+    (Consul's NodeChecks), `service_checks` and `legacy_checks` (the pre-1.7 "Checks") all name
+    checks of `node`; the session is invalidated when any of them turns critical or goes away,
+    or when the node is deregistered. None in `checks` or `service_checks` is what Consul shows
+    as null (not given), as opposed to an empty list.
     """
 
     id: str
     name: str = ""
     node: str = ""
-    checks: tuple[str, ...] = ()
+    checks: tuple[str, ...] | None = ()
     lock_delay: float = DEFAULT_LOCK_DELAY
     behavior: str = SESSION_RELEASE
     ttl: float = 0.0
     create_index: int = 0
     modify_index: int = 0
+    service_checks: tuple[ServiceCheck, ...] | None = None
+    legacy_checks: tuple[str, ...] = ()
+
+    def check_ids(self) -> tuple[str, ...]:
+        """Every check the session depends on, in Consul's order (Checks, NodeChecks,
+        ServiceChecks)."""
+        return (*self.legacy_checks, *(self.checks or ()),
+                *(c.id for c in self.service_checks or ()))
 
 
 @dataclass(frozen=True, slots=True)

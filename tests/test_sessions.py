@@ -24,9 +24,9 @@ from agent.fsm.commands import (
 )
 from agent.sessions import SessionManager
 from agent.single_server import SingleServerLog
-from agent.state import snapshot
+from agent.state import codec, snapshot
 from agent.state.store import StateStore
-from agent.structs import Check, KVEntry, Node, Service, Session
+from agent.structs import Check, KVEntry, Node, Service, ServiceCheck, Session
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -207,6 +207,43 @@ def test_check_or_node_deregistration_invalidates():
     assert b not in core.store.sessions.sessions
 
 
+def test_service_and_legacy_checks_are_kept_apart_and_each_invalidates():
+    core = Core()
+    core.register(Check(node="n1", check_id="web-chk", name="web", status=structs.PASSING,
+                        service_id="web"),
+                  Check(node="n1", check_id="disk", name="disk", status=structs.PASSING),
+                  service=Service(node="n1", id="web", name="web"))
+    by_service = core.create(service_checks=(ServiceCheck("web-chk"),))
+    by_legacy = core.create(checks=(), legacy_checks=("disk",))
+    plain = core.create()
+    session = core.sessions.info(by_service)
+    assert (session.checks, session.service_checks) == (("serfHealth",), (ServiceCheck("web-chk"),))
+    assert session.check_ids() == ("serfHealth", "web-chk")
+    with pytest.raises(WaypostError, match="Missing check 'gone' registration"):
+        core.create(service_checks=(ServiceCheck("gone"),))
+    core.register(Check(node="n1", check_id="web-chk", name="web", status=structs.CRITICAL,
+                        service_id="web"), service=Service(node="n1", id="web", name="web"))
+    assert core.sessions.info(by_service) is None
+    assert core.sessions.info(by_legacy) is not None and core.sessions.info(plain) is not None
+    core.register(Check(node="n1", check_id="disk", name="disk", status=structs.CRITICAL))
+    assert core.sessions.info(by_legacy) is None and core.sessions.info(plain) is not None
+
+
+def test_session_rows_round_trip_and_old_rows_still_read():
+    full = Session(id="s", node="n1", checks=None, lock_delay=-5.0,
+                   service_checks=(ServiceCheck("a", "ns"),), legacy_checks=("b",))
+    assert codec.decode_session(json.loads(json.dumps(codec.encode_session(full)))) == full
+    empty = Session(id="e", node="n1", checks=(), service_checks=())
+    assert codec.decode_session(json.loads(json.dumps(codec.encode_session(empty)))) == empty
+    # A row written before service and legacy checks were kept apart.
+    old = {"id": "o", "name": "x", "node": "n1", "checks": ["serfHealth", "web-chk"],
+           "lock_delay": 15.0, "behavior": "release", "ttl": 0.0, "create_index": 3,
+           "modify_index": 3}
+    assert codec.decode_session(old) == Session(
+        id="o", name="x", node="n1", checks=("serfHealth", "web-chk"), create_index=3,
+        modify_index=3)
+
+
 # --- lock-delay --------------------------------------------------------------------------------
 
 
@@ -297,7 +334,8 @@ def test_http_renew_and_errors(agent):
                             {"name": "x", "ttl": "10s", "lockdelay": 5, "checks": []})
     sid = body["ID"]
     status, _, renewed = agent.json("PUT", f"/v1/session/renew/{sid}")
-    assert status == 200 and renewed[0]["ID"] == sid and renewed[0]["NodeChecks"] is None
+    # Consul 1.8.7: an explicit empty legacy "Checks" empties NodeChecks, shown as [].
+    assert status == 200 and renewed[0]["ID"] == sid and renewed[0]["NodeChecks"] == []
     assert renewed[0]["LockDelay"] == 5_000_000_000 and renewed[0]["TTL"] == "10s"
     agent.json("PUT", f"/v1/session/destroy/{sid}")
     status, _, text = agent.request("PUT", f"/v1/session/renew/{sid}")

@@ -16,6 +16,7 @@ from agent.structs import (
     Node,
     Service,
     ServiceAddress,
+    ServiceCheck,
     Session,
     Weights,
 )
@@ -113,16 +114,28 @@ def decode_kv(data: dict[str, Any]) -> KVEntry:
 
 
 def encode_session(session: Session) -> dict[str, Any]:
+    # "service_checks" and "legacy_checks" were added later: decode_session reads rows
+    # without them, and an older reader ignores them (and reads a null "checks" as none).
+    service_checks = session.service_checks
     return {"id": session.id, "name": session.name, "node": session.node,
-            "checks": list(session.checks), "lock_delay": session.lock_delay,
+            "checks": None if session.checks is None else list(session.checks),
+            "lock_delay": session.lock_delay,
             "behavior": session.behavior, "ttl": session.ttl,
-            "create_index": session.create_index, "modify_index": session.modify_index}
+            "create_index": session.create_index, "modify_index": session.modify_index,
+            "service_checks": None if service_checks is None else
+            [[c.id, c.namespace] for c in service_checks],
+            "legacy_checks": list(session.legacy_checks)}
 
 
 def decode_session(data: dict[str, Any]) -> Session:
+    checks = data.get("checks", ())
+    service_checks = data.get("service_checks")
     return Session(id=data["id"], name=data.get("name", ""), node=data.get("node", ""),
-                   checks=tuple(data.get("checks") or ()),
+                   checks=None if checks is None else tuple(checks),
                    lock_delay=data.get("lock_delay", 15.0),
                    behavior=data.get("behavior", "release"), ttl=data.get("ttl", 0.0),
                    create_index=data.get("create_index", 0),
-                   modify_index=data.get("modify_index", 0))
+                   modify_index=data.get("modify_index", 0),
+                   service_checks=None if service_checks is None else
+                   tuple(ServiceCheck(i, ns) for i, ns in service_checks),
+                   legacy_checks=tuple(data.get("legacy_checks") or ()))

@@ -1,9 +1,9 @@
 """The sessions table, and what creating and destroying a session does to the other tables.
 
-A session belongs to a node and may name checks of that node. It is destroyed on request, when
-its TTL lapses (the leader's timers in `agent.sessions` write the destroy), and, inside the same
-log entry that caused it, when its node is deregistered or one of its checks turns critical or
-goes away. Destroying a session releases the locks it holds (behavior "release": Session
+A session belongs to a node and may name checks of that node (node checks, service checks and
+the legacy "Checks" alike: `Session.check_ids`). It is destroyed on request, when its TTL lapses
+(the leader's timers in `agent.sessions` write the destroy), and, inside the same log entry that
+caused it, when its node is deregistered or any of its checks turns critical or goes away. Destroying a session releases the locks it holds (behavior "release": Session
 cleared, LockIndex kept) or deletes their keys (behavior "delete"), and asks the store to
 remember a lock-delay for each of those keys, which the leader enforces in memory.
 
@@ -89,7 +89,7 @@ def create_session(store: StateStore, session: Session, index: int) -> str:
     if session.node not in store.catalog.nodes:
         raise WaypostError("Missing node registration")
     node_checks = store.catalog.checks.get(session.node, {})
-    for check_id in session.checks:
+    for check_id in session.check_ids():
         check = node_checks.get(check_id)
         if check is None:
             raise WaypostError(f"Missing check '{check_id}' registration")
@@ -131,7 +131,7 @@ def broken_sessions(store: StateStore, node: str) -> list[str]:
     node_checks = store.catalog.checks.get(node, {})
     broken = []
     for session_id in ids:
-        for check_id in store.sessions.sessions[session_id].checks:
+        for check_id in store.sessions.sessions[session_id].check_ids():
             check = node_checks.get(check_id)
             if check is None or check.status == structs.CRITICAL:
                 broken.append(session_id)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from typing import Any
 
 from agent.errors import InvalidRequest
@@ -16,6 +18,12 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UINT = re.compile(r"[0-9]+")  # Go's strconv.ParseUint: ASCII digits only, no sign or spaces
 UINT64_LIMIT = 1 << 64
+UINT64_DIGITS = 20  # len(str(UINT64_LIMIT - 1)): a longer number (after leading zeros) is too big
+# Go decodes a JSON number into at most a float64, so a number beyond its range fits no field
+# of any Consul body. Past this many digits an integer is beyond it without converting it, which
+# also keeps clear of Python's int-string limit (4,300 digits raise ValueError).
+_MAX_NUMBER_DIGITS = 400
+_FLOAT_MAX = sys.float_info.max
 
 
 def json_body(request: Request, required: bool = True) -> Any:
@@ -30,9 +38,10 @@ def json_body(request: Request, required: bool = True) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"Request decode failed: invalid UTF-8: {exc.reason} "
                              f"at byte {exc.start}") from None
+    numbers = _Numbers()
     try:
         # Like Go's json.Decoder, read the first value and ignore what follows it.
-        value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+        value, _ = numbers.decoder().raw_decode(text, len(text) - len(text.lstrip()))
     except RecursionError:
         raise InvalidRequest("Request decode failed: exceeded max depth") from None
     except json.JSONDecodeError as exc:
@@ -42,7 +51,84 @@ def json_body(request: Request, required: bool = True) -> Any:
         raise InvalidRequest("Request decode failed: exceeded max depth")
     if _SURROGATE_ESCAPE.search(text):
         value = _replace_surrogates(value)
+    if numbers.out_of_range:
+        # After the surrogates went: the path may name a key, and the answer must encode.
+        raise InvalidRequest(f"Request decode failed: {numbers.describe(value)}")
     return value
+
+
+class _OutOfRange:
+    """Stands in for a number no Go type can hold, until its path is known."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+class _Numbers:
+    """Number parsing for one body: Go's rules, not Python's.
+
+    Python's decoder takes NaN and Infinity, which are not JSON (Go refuses them); it turns
+    1e400 into inf; and int() raises ValueError past 4,300 digits, which was a 500. Here such a
+    number becomes a marker, and the caller reports the first one with its path.
+    """
+
+    def __init__(self) -> None:
+        self.out_of_range: list[_OutOfRange] = []
+
+    def decoder(self) -> json.JSONDecoder:
+        return json.JSONDecoder(parse_int=self._int, parse_float=self._float,
+                                parse_constant=_constant)
+
+    def _mark(self, literal: str) -> _OutOfRange:
+        marker = _OutOfRange(literal)
+        self.out_of_range.append(marker)
+        return marker
+
+    def _int(self, literal: str) -> int | _OutOfRange:
+        if len(literal) > _MAX_NUMBER_DIGITS:
+            return self._mark(literal)
+        value = int(literal)
+        if abs(value) > _FLOAT_MAX:
+            return self._mark(literal)
+        return value
+
+    def _float(self, literal: str) -> float | _OutOfRange:
+        value = float(literal)
+        return value if math.isfinite(value) else self._mark(literal)
+
+    def describe(self, document: Any) -> str:
+        """Go's words for the first out-of-range number, plus where it is."""
+        marker = self.out_of_range[0]
+        literal = marker.literal
+        if len(literal) > 40:
+            literal = f"{literal[:20]}... ({len(literal)} characters)"
+        path = _path_to(document, marker)
+        where = f'field "{path}"' if path else "Go value"
+        return f"json: cannot unmarshal number {literal} into {where}: out of range"
+
+
+def _constant(name: str) -> Any:
+    # Python accepts NaN, Infinity and -Infinity; JSON (and Go) has no such values.
+    if name.startswith("-"):
+        raise InvalidRequest("Request decode failed: invalid character 'I' in numeric literal")
+    raise InvalidRequest(f"Request decode failed: invalid character {name[0]!r} looking for "
+                         "beginning of value")
+
+
+def _path_to(document: Any, target: object) -> str:
+    """The path (`Checks[0].TTL`) of `target` inside `document`, in document order."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        item, path = stack.pop()
+        if item is target:
+            return path
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else k) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return ""
 
 
 def go_json_error(text: str, exc: json.JSONDecodeError) -> str:
@@ -122,7 +208,10 @@ def parse_uint64(text: str) -> int | None:
     """The value of `text` as Go's strconv.ParseUint(text, 10, 64) reads it, or None."""
     if not _UINT.fullmatch(text):
         return None
-    value = int(text)
+    digits = text.lstrip("0")
+    if len(digits) > UINT64_DIGITS:
+        return None  # out of range, and never handed to int() (its digit limit is a 500)
+    value = int(digits or "0")
     return value if value < UINT64_LIMIT else None
 
 

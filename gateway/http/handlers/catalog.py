@@ -41,6 +41,7 @@ def register(facade, request, params, arg):
 
 def deregister(facade, request, params, arg):
     dereg = parse_catalog_deregister(json_body(request), facade.schemas)
+    facade.check_datacenter(dereg.datacenter)  # as register: Consul's "No path to datacenter"
     return facade.write(Deregister(node=dereg.node, service_id=dereg.service_id,
                                    check_id=dereg.check_id))
 

@@ -6,6 +6,11 @@ turning each request into one KV operation through the facade (``cas`` with the 
 just before, so a racing writer makes the request fail with "Compare failed", never
 half-apply it). Reads come from :mod:`gateway.http.handlers.etcd_tree`; TTLs from
 :mod:`gateway.http.handlers.etcd_ttl`.
+
+Values are bytes, as etcd keeps them (Go strings): ``value=%ff`` stores the one byte 0xff,
+which ``/v1/kv/<key>?raw`` gives back exactly, and ``prevValue`` compares bytes. etcd's JSON
+answers carry values as strings, so there a byte that is not UTF-8 shows as U+FFFD, one per
+byte, as Go's encoder (and so etcd) shows it; see :func:`etcd_tree.shown`.
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from agent.errors import WaypostError
 from agent.facade import KVOperation
 from agent.structs import KVEntry
-from gateway.http.handlers.etcd_tree import Tree, clean_key, etcd_key, kv_key
+from gateway.http.decode import parse_uint64
+from gateway.http.handlers.etcd_tree import Tree, clean_key, etcd_key, kv_key, shown
 from gateway.http.handlers.etcd_ttl import ABSENT, INDEX, NONE, TTLKeys
 from gateway.http.protocol import Response
 
@@ -76,23 +82,35 @@ def headers(facade, index: int | None = None) -> list[tuple[bytes, bytes]]:
 
 
 class Fields:
-    """etcd's request fields: the form body (PUT/POST) first, then the query string."""
+    """etcd's request fields: the form body (PUT/POST) first, then the query string.
+
+    Both are split and unescaped byte for byte: read as latin-1, each byte is one character,
+    so encoding a value back to latin-1 gives exactly the bytes the client sent (a UTF-8
+    reading with "replace" turned every non-UTF-8 value into U+FFFD and lost it).
+    """
 
     def __init__(self, request) -> None:
-        self.values: dict[str, list[str]] = {}
+        self.values: dict[str, list[bytes]] = {}
         content_type = request.headers.get("content-type", "")
         if request.body and "application/x-www-form-urlencoded" in content_type:
-            try:
-                self.values = parse_qs(request.body.decode("utf-8"), keep_blank_values=True,
-                                       strict_parsing=False)
-            except UnicodeDecodeError:
-                raise EtcdError(210, "invalid form body") from None
-        for name, values in request.query.items():
-            self.values.setdefault(name, []).extend(values)
+            self._add(request.body)
+        if request.raw_query:
+            self._add(request.raw_query)
 
-    def get(self, name: str) -> str | None:
+    def _add(self, raw: bytes) -> None:
+        for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True,
+                                     encoding="latin-1"):
+            self.values.setdefault(name, []).append(value.encode("latin-1"))
+
+    def raw(self, name: str) -> bytes | None:
+        """A field's bytes, exactly as sent; None when absent."""
         values = self.values.get(name)
         return values[0] if values else None
+
+    def get(self, name: str) -> str | None:
+        """A field that must be ASCII (a flag or a number): anything else fails its check."""
+        value = self.raw(name)
+        return None if value is None else value.decode("latin-1")
 
     def flag(self, name: str) -> bool | None:
         """A boolean field; None when absent."""
@@ -109,9 +127,10 @@ class Fields:
         text = self.get(name)
         if text is None or text == "":
             return None
-        if not text.isascii() or not text.isdigit() or int(text) >= 1 << 64:
+        value = parse_uint64(text)  # never int() on client text: 4,301 digits raise
+        if value is None:
             raise EtcdError(code, f"invalid value for {name}")
-        return int(text)
+        return value
 
 
 def keys(facade, request, params, arg: str):
@@ -174,16 +193,16 @@ class _Keys:
 
     def put(self, key: str, fields: Fields, create: bool = False) -> Deferred:
         kv = kv_key(key)
-        value = fields.get("value")
+        value = fields.raw("value")
         is_dir = bool(fields.flag("dir"))
         prev_exist = fields.flag("prevExist")
-        prev_value = fields.get("prevValue")
+        prev_value = fields.raw("prevValue")
         prev_index = fields.uint("prevIndex", 203)
         refresh = bool(fields.flag("refresh"))
         ttl = fields.uint("ttl", 202)
         if create:
             prev_exist = False
-        if prev_value == "":
+        if prev_value == b"":
             raise EtcdError(201, "")
         if is_dir and value:
             raise EtcdError(209, "value field should be empty when setting a directory")
@@ -215,7 +234,7 @@ class _Keys:
             return self.ttl.refresh(entry, ttl).addCallback(
                 lambda _: self._written("update", kv, prev_node, 200))
         target = kv + "/" if is_dir else kv
-        new = KVEntry(key=target, value=None if is_dir else (value or "").encode())
+        new = KVEntry(key=target, value=None if is_dir else (value or b""))
         action = ("compareAndSwap" if compare else "update" if prev_exist
                   else "create" if prev_exist is False else "set")
         condition = {"set": NONE, "create": ABSENT}.get(action, INDEX)
@@ -235,18 +254,19 @@ class _Keys:
         node = self.tree.dir_node(kv_key(key), children=False)  # updatedir: nothing to change
         return self.answer(200, {"action": "update", "node": node, "prevNode": node})
 
-    def _compare(self, entry: KVEntry, prev_value: str | None, prev_index: int | None) -> None:
-        value = (entry.value or b"").decode("utf-8", "replace")
-        value_ok = prev_value is None or prev_value == value
+    def _compare(self, entry: KVEntry, prev_value: bytes | None, prev_index: int | None) -> None:
+        value = entry.value or b""
+        value_ok = prev_value is None or prev_value == value  # bytes, as etcd compares
         index_ok = not prev_index or prev_index == entry.modify_index
         if value_ok and index_ok:
             return
+        values = f"[{shown(prev_value or b'')} != {shown(value)}]"
         if not index_ok and not value_ok:
-            cause = f"[{prev_value} != {value}] [{prev_index} != {entry.modify_index}]"
+            cause = f"{values} [{prev_index} != {entry.modify_index}]"
         elif not index_ok:
             cause = f"[{prev_index} != {entry.modify_index}]"
         else:
-            cause = f"[{prev_value} != {value}]"
+            cause = values
         raise EtcdError(101, cause)
 
     def _written(self, action: str, target: str, prev_node: dict[str, Any] | None,
@@ -269,7 +289,7 @@ class _Keys:
         kv = kv_key(key)
         is_dir = bool(fields.flag("dir"))
         recursive = bool(fields.flag("recursive"))
-        prev_value = fields.get("prevValue")
+        prev_value = fields.raw("prevValue")
         prev_index = fields.uint("prevIndex", 203)
         compare = prev_value is not None or prev_index
         entry = self.tree.file(kv)

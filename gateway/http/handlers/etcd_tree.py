@@ -18,15 +18,28 @@ two of its changes are not replayed, only its latest.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable
 from typing import Any
 
 from agent.structs import KVEntry
 
-__all__ = ["TTLInfo", "Tree", "clean_key", "etcd_key", "kv_key"]
+__all__ = ["TTLInfo", "Tree", "clean_key", "etcd_key", "kv_key", "shown"]
 
 # A node's (ttl seconds, RFC 3339 expiration) when it expires, from its session.
 TTLInfo = Callable[[KVEntry], "tuple[int, str] | None"]
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def shown(value: bytes) -> str:
+    """A stored value as etcd's JSON shows it: Go's encoder writes U+FFFD for each byte that is
+    not part of valid UTF-8. Display only: the stored bytes are never changed."""
+    text = value.decode("utf-8", "surrogateescape")
+    if text.isascii():
+        return text
+    return _ESCAPED_BYTE.sub("\ufffd", text)
 
 
 def clean_key(raw: str) -> str:
@@ -82,8 +95,7 @@ class Tree:
     # --- nodes ---
 
     def file_node(self, entry: KVEntry) -> dict[str, Any]:
-        node: dict[str, Any] = {"key": etcd_key(entry.key),
-                                "value": (entry.value or b"").decode("utf-8", "replace")}
+        node: dict[str, Any] = {"key": etcd_key(entry.key), "value": shown(entry.value or b"")}
         self.add_ttl(node, entry)
         node["modifiedIndex"] = entry.modify_index
         node["createdIndex"] = entry.create_index

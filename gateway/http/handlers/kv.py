@@ -9,7 +9,7 @@ from agent.errors import InvalidRequest, WaypostError
 from agent.facade import KVOperation
 from agent.structs import KVEntry
 from gateway.http.api import TEXT, VARY
-from gateway.http.decode import flag
+from gateway.http.decode import flag, parse_uint64
 from gateway.http.encode import kv as encode_kv
 from gateway.http.protocol import Response
 from gateway.http.results import MISSING, Raw, Read
@@ -61,8 +61,8 @@ def _go_uint(request, name: str) -> int | None:
     text = values[0]
     if not text.isascii() or not text.isdigit():
         raise WaypostError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
-    value = int(text)
-    if value >= 1 << 64:
+    value = parse_uint64(text)  # never int() on the raw text: past 4,300 digits it raises
+    if value is None:
         raise WaypostError(f'strconv.ParseUint: parsing "{text}": value out of range')
     return value
 

@@ -3,7 +3,8 @@
 The body is a JSON list of `{"KV": {"Verb", "Key", "Value" (base64), "Flags", "Index",
 "Session"}}`. 200 answers `{"Results": [...], "Errors": null}`; a transaction that failed
 answers 409 with `{"Results": null, "Errors": [{"OpIndex", "What"}]}` and changed nothing.
-Node, Service and Check operations are not supported yet (400).
+Node, Service and Check operations are not supported yet (400). A body longer than
+`limits.txn_max_req_len` (512 KiB) is refused with 413 before it is decoded, as in Consul.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from gateway.http.decode import UINT64_LIMIT, json_body
 from gateway.http.protocol import Response
 
 PARSE_FAILED = "Failed to parse body: "
+TXN_MAX_REQ_LEN = 512 * 1024  # Consul's default limits.txn_max_req_len
+TXN_LIMIT_DOC = "https://www.consul.io/docs/agent/options.html#txn_max_req_len"
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -37,12 +40,14 @@ def _field(kv: dict[str, Any], name: str, want: type, go_type: str, default: Any
     value = kv.get(name.lower())
     if value is None:
         return default
-    ok = isinstance(value, want) and not isinstance(value, bool)
-    if want is int:
-        ok = ok and 0 <= value < UINT64_LIMIT
-    if not ok:
-        raise InvalidRequest(f"{PARSE_FAILED}json: cannot unmarshal {_kind(value)} into Go struct "
-                             f"field KVTxnOp.KV.{name} of type {go_type}")
+    where = f"into Go struct field KVTxnOp.KV.{name} of type {go_type}"
+    if want is int and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A number that is no uint64 (negative, fractional, too big): Go names it.
+        if isinstance(value, float) or not 0 <= value < UINT64_LIMIT:
+            raise InvalidRequest(f"{PARSE_FAILED}json: cannot unmarshal number {value} {where}")
+        return value
+    if not isinstance(value, want) or isinstance(value, bool):
+        raise InvalidRequest(f"{PARSE_FAILED}json: cannot unmarshal {_kind(value)} {where}")
     return value
 
 
@@ -95,8 +100,23 @@ def parse_ops(request, max_value_size: int) -> list[KVOperation]:
     return ops
 
 
+def _check_length(request, limit: int) -> None:
+    """Consul's limits.txn_max_req_len, with its texts: a declared Content-Length is named;
+    a chunked body is not. (Consul stops reading a chunked body after its first JSON value,
+    so trailing bytes past the limit pass there; here the whole body counts.)"""
+    size = len(request.body)
+    if size <= limit:
+        return
+    if "content-length" in request.headers:
+        raise _TooLarge(f"Request body({size} bytes) too large, max size: {limit} bytes. "
+                        f"See {TXN_LIMIT_DOC}.")
+    raise _TooLarge(f"Request body too large, max size: {limit} bytes. See {TXN_LIMIT_DOC}.")
+
+
 def txn(facade, request, params, arg):
+    limits = getattr(facade.config, "limits", None) or {}
     try:
+        _check_length(request, limits.get("txn_max_req_len", TXN_MAX_REQ_LEN))
         ops = parse_ops(request, facade.config.kv_max_value_size)
     except _TooLarge as exc:
         return Response(413, str(exc).encode(), [VARY], content_type=TEXT)
