@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.dns.authority import ConsulAuthority
 from gateway.dns.recursor import Forwarder
 from gateway.dns.server import DNSController, DNSService
+from gateway.dns.stream import TCP_IDLE, TCP_MAX_CONNECTIONS
 from gateway.hookspecs import hookimpl
 
 
@@ -22,13 +23,22 @@ def make_dns_service(facade, reactor, settings=None) -> DNSService | None:
     controller = DNSController(facade, reactor, authority, forwarder,
                                cache_answers=settings.get("answer_cache", True))
     host = config.dns_addr or config.client_addr
-    return DNSService(controller, reactor, host, config.ports.dns)
+    return DNSService(controller, reactor, host, config.ports.dns,
+                      tcp_idle=settings.get("tcp_idle_timeout", TCP_IDLE),
+                      tcp_max_connections=settings.get("tcp_max_connections",
+                                                       TCP_MAX_CONNECTIONS))
 
 
 @hookimpl
 def waypost_config_schema():
     return {"type": "object", "additionalProperties": False,
-            "properties": {"answer_cache": {"type": "boolean"}}}
+            "properties": {
+                "answer_cache": {"type": "boolean"},
+                # Seconds a TCP connection may sit without a query before it is closed.
+                "tcp_idle_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                # TCP connections kept open at once; one more evicts the quietest.
+                "tcp_max_connections": {"type": "integer", "minimum": 1, "maximum": 100000},
+            }}
 
 
 @hookimpl

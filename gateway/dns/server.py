@@ -3,20 +3,21 @@
 The UDP hot path is one dictionary lookup on the query's bytes and one write with the ID
 patched in; everything else (parsing, resolving, encoding) happens once per question and
 catalog change. Nothing a client sends can raise out of here: malformed queries get FORMERR
-(or are dropped when not even the header makes sense).
+(or are dropped when not even the header makes sense, as Consul does), an EDNS version other
+than 0 gets BADVERS, and an answer that fails to encode gets SERVFAIL. DNS over TCP lives in
+`gateway.dns.stream`.
 """
 
 from __future__ import annotations
 
 import random
-import struct
-from typing import Any
 
 import txaio
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from agent.errors import NoLeader
 from gateway.dns import wire
@@ -24,12 +25,11 @@ from gateway.dns.authority import Answer, ConsulAuthority  # noqa: F401 - Answer
 from gateway.dns.cache import VARIANTS, AnswerCache
 from gateway.dns.fit import encode_answer
 from gateway.dns.recursor import Forwarder
+from gateway.dns.stream import TCP_IDLE, TCP_MAX_CONNECTIONS, DNSStreamFactory
 
 txaio.use_twisted()
 
 STALE_TTL = 30  # RFC 8767's recommended TTL for answers served past their freshness
-TCP_IDLE = 10.0
-TCP_MAX_PENDING = 64
 
 
 def _with_ttl(records, ttl: int):
@@ -102,6 +102,12 @@ class DNSController:
 
     def _resolve(self, packet: bytes, question: wire.Question, key: bytes, cache: AnswerCache,
                  stale_entry, udp: bool):
+        if question.edns_version != 0:
+            # RFC 6891 6.1.3. Consul 1.8.7 ignores the version and answers as for version 0;
+            # a client that gets BADVERS asks again with version 0 (dig does), so it loses
+            # nothing. Never cached: the answer cache holds only version-0 questions.
+            return packet[:2] + wire.encode_response(question, wire.BADVERS,
+                                                     authoritative=False)[2:]
         if question.opcode != 0:
             return wire.error_response(packet, wire.NOTIMP)
         name = question.lower
@@ -121,8 +127,9 @@ class DNSController:
                 return packet[:2] + encoded[2:]
         if recursion:
             d = self.forwarder.forward(packet, tcp=not udp)
-            return d.addCallback(lambda reply: reply if reply is not None
-                                 else wire.error_response(packet, wire.SERVFAIL))
+            return d.addCallbacks(lambda reply: reply if reply is not None
+                                  else wire.error_response(packet, wire.SERVFAIL),
+                                  self._forward_failed, errbackArgs=(packet, question))
         if name.endswith(".arpa"):
             # A reverse name we do not know: say so, rather than refuse the whole zone.
             encoded = wire.encode_response(question, wire.NXDOMAIN, authoritative=False)
@@ -131,18 +138,25 @@ class DNSController:
                                            echo_edns=False)
         return packet[:2] + encoded[2:]
 
+    def _forward_failed(self, failure: Failure, packet: bytes, question: wire.Question):
+        if failure.check(defer.CancelledError):
+            return None  # the agent is stopping
+        self.log.failure("forwarding {name!r} failed", failure=failure, name=question.name)
+        return wire.error_response(packet, wire.SERVFAIL)
+
     def _add_variant(self, entry, udp: bool) -> None:
+        recursion = self.forwarder is not None and bool(self.forwarder.recursors)
         try:
             answer = self.authority.resolve(entry.question, self.read_store(), self.rng)
+            if answer is None:
+                entry.shuffle = False
+                return
+            encoded = encode_answer(entry.question, answer, self.dns_config, udp=udp,
+                                    recursion_available=recursion)
         except Exception:  # noqa: BLE001 - keep serving the variants we have
+            self.log.failure("DNS answer variant for {name!r} failed", name=entry.question.name)
             entry.shuffle = False
             return
-        if answer is None:
-            entry.shuffle = False
-            return
-        recursion = self.forwarder is not None and bool(self.forwarder.recursors)
-        encoded = encode_answer(entry.question, answer, self.dns_config, udp=udp,
-                                recursion_available=recursion)
         entry.variants.append(encoded[2:])
 
     def _serve_stale(self, packet: bytes, entry, udp: bool):
@@ -175,13 +189,16 @@ class DNSDatagramProtocol(DatagramProtocol):
                 entry.shuffle and len(entry.variants) < VARIANTS):
             variants = entry.variants
             entry.turn = turn = (entry.turn + 1) % len(variants)
-            self.transport.write(data[:2] + variants[turn], addr)
+            try:
+                self.transport.write(data[:2] + variants[turn], addr)
+            except OSError as exc:  # a source address nobody can answer (port 0, say)
+                self.log.debug("cannot answer {addr}: {exc}", addr=addr, exc=exc)
             return
         try:
             result = controller.answer(data, udp=True)
         except Exception:  # noqa: BLE001 - never let a packet reach the reactor's error path
             self.log.failure("DNS packet from {addr} failed", addr=addr)
-            return
+            result = wire.error_response(data, wire.SERVFAIL)
         if isinstance(result, defer.Deferred):
             result.addCallback(self._send, addr)
             result.addErrback(lambda f: self.log.failure("forwarding failed", failure=f))
@@ -189,80 +206,35 @@ class DNSDatagramProtocol(DatagramProtocol):
             self._send(result, addr)
 
     def _send(self, data: bytes | None, addr) -> None:
-        if data is not None and self.transport is not None:
+        if data is None or self.transport is None:
+            return
+        try:
             self.transport.write(data, addr)
-
-
-class DNSStreamProtocol(Protocol):
-    """DNS over TCP: 2-byte length-prefixed messages, answered in order."""
-
-    log = txaio.make_logger()
-
-    def __init__(self, controller: DNSController, reactor) -> None:
-        self.controller = controller
-        self.reactor = reactor
-        self.buffer = b""
-        self.queue: list[Any] = []
-        self.timer = None
-
-    def connectionMade(self) -> None:
-        self.timer = self.reactor.callLater(TCP_IDLE, self.transport.loseConnection)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(TCP_IDLE)
-        while len(self.buffer) >= 2:
-            size = struct.unpack_from("!H", self.buffer)[0]
-            if len(self.buffer) < 2 + size:
-                return
-            message, self.buffer = self.buffer[2:2 + size], self.buffer[2 + size:]
-            if len(self.queue) >= TCP_MAX_PENDING:
-                self.transport.loseConnection()
-                return
-            try:
-                result = self.controller.answer(message, udp=False)
-            except Exception:  # noqa: BLE001
-                self.log.failure("DNS TCP query failed")
-                result = None
-            slot = [result]
-            self.queue.append(slot)
-            if isinstance(result, defer.Deferred):
-                slot[0] = None
-                result.addBoth(self._done, slot)
-            self._flush()
-
-    def _done(self, value, slot) -> None:
-        slot[0] = value if isinstance(value, bytes) else b""
-        self._flush()
-
-    def _flush(self) -> None:
-        while self.queue and self.queue[0][0] is not None:
-            data = self.queue.pop(0)[0]
-            if data:
-                self.transport.write(struct.pack("!H", len(data)) + data)
-
-    def connectionLost(self, reason) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        except OSError as exc:  # a source address nobody can answer (port 0, say)
+            self.log.debug("cannot answer {addr}: {exc}", addr=addr, exc=exc)
 
 
 class DNSService(Service):
     """Listens on UDP and TCP; the port numbers are known after start (port 0 in tests)."""
 
-    def __init__(self, controller: DNSController, reactor, host: str, port: int) -> None:
+    def __init__(self, controller: DNSController, reactor, host: str, port: int, *,
+                 tcp_idle: float = TCP_IDLE,
+                 tcp_max_connections: int = TCP_MAX_CONNECTIONS) -> None:
         self.controller = controller
         self.reactor = reactor
         self.host = host
         self.port = port
+        self.tcp_idle = tcp_idle
+        self.tcp_max_connections = tcp_max_connections
         self.udp_port = None
         self.tcp_port = None
+        self.tcp_factory: DNSStreamFactory | None = None
         self.name = "dns"
 
     def startService(self) -> None:
-        factory = Factory.forProtocol(lambda: DNSStreamProtocol(self.controller, self.reactor))
-        factory.noisy = False
+        factory = DNSStreamFactory(self.controller, self.reactor, idle=self.tcp_idle,
+                                   max_connections=self.tcp_max_connections)
+        self.tcp_factory = factory
         # With port 0 both sockets must share one number the kernel chose for one of them:
         # the other may find it taken, so try again with a new number a few times.
         attempts = 20 if self.port == 0 else 1
@@ -288,6 +260,8 @@ class DNSService(Service):
         for port in (self.udp_port, self.tcp_port):
             if port is not None:
                 waits.append(defer.maybeDeferred(port.stopListening))
+        if self.tcp_factory is not None:
+            self.tcp_factory.abort_all()
         if self.controller.forwarder is not None:
             waits.append(defer.maybeDeferred(self.controller.forwarder.stop))
         return defer.DeferredList(waits)

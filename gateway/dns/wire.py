@@ -13,14 +13,16 @@ from typing import NamedTuple, Sequence
 # Types and classes we answer.
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT, ANY = 1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 255
 IN = 1
-# Response codes.
+# Response codes; BADVERS is extended (RFC 6891): its upper bits travel in the OPT record.
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
 # Header flag bits.
 QR, AA, TC, RD, RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 OPCODE_MASK = 0x7800
 
 MIN_UDP = 512
 MAX_UDP = 65535
+MAX_NAME = 255  # wire octets of a name, length bytes and the root label included (RFC 1035)
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _QTAIL = struct.Struct("!HH")
@@ -40,6 +42,7 @@ class Question(NamedTuple):
     edns: bool  # the query carried an OPT record
     udp_size: int  # the client's EDNS buffer size, or 512 without EDNS
     question_end: int  # offset just past the question section in the query
+    edns_version: int = 0  # the VERSION field of the query's OPT record
 
     @property
     def lower(self) -> str:
@@ -112,8 +115,11 @@ def _read_name(packet: bytes, pos: int) -> tuple[str, int]:
         if len(label) != length:
             raise FormatError("label runs past the packet")
         total += length + 1
-        if total > 255:
+        if total >= MAX_NAME:  # with the root label's byte, over the limit
             raise FormatError("name too long")
+        if b"." in label:
+            # Names are dotted strings here: such a label would change the name when echoed.
+            raise FormatError("dot inside a label")
         try:
             labels.append(label.decode("ascii"))
         except UnicodeDecodeError:
@@ -138,13 +144,14 @@ def parse_query(packet: bytes) -> Question:
     question_end = pos + 4
     edns = False
     udp_size = MIN_UDP
+    version = 0
     if arcount and not ancount and not nscount:
         pos = question_end
         for _ in range(arcount):
             _, pos = _read_name(packet, pos)
             if pos + 10 > len(packet):
                 raise FormatError("truncated additional record")
-            rtype, rclass, _ttl, rdlen = _RR.unpack_from(packet, pos)
+            rtype, rclass, ttl, rdlen = _RR.unpack_from(packet, pos)
             pos += 10 + rdlen
             if pos > len(packet):
                 raise FormatError("truncated record data")
@@ -153,7 +160,8 @@ def parse_query(packet: bytes) -> Question:
                     raise FormatError("two OPT records")
                 edns = True
                 udp_size = max(MIN_UDP, rclass)
-    return Question(ident, flags, name, qtype, qclass, edns, udp_size, question_end)
+                version = (ttl >> 16) & 0xFF
+    return Question(ident, flags, name, qtype, qclass, edns, udp_size, question_end, version)
 
 
 class _Writer:
@@ -182,6 +190,8 @@ class _Writer:
             if offset is not None:
                 self.add(_POINTER.pack(0xC000 | offset))
                 return
+        if len(name) + 2 > MAX_NAME:  # clients reject the whole message for one such name
+            raise ValueError(f"name too long: {name[:40]!r}...")
         out = bytearray()
         pos = 0
         for label in name.split("."):
@@ -250,7 +260,10 @@ def encode_response(question: Question, rcode: int, answers: Sequence[Record] = 
                     authority: Sequence[Record] = (), additional: Sequence[Record] = (), *,
                     authoritative: bool = True, recursion_available: bool = False,
                     truncated: bool = False, echo_edns: bool = True) -> bytes:
-    """Encode a response to `question` with the ID set to 0 (callers patch it per query)."""
+    """Encode a response to `question` with the ID set to 0 (callers patch it per query).
+
+    An extended `rcode` (BADVERS) needs the query to have carried EDNS: its upper bits go into
+    our OPT record."""
     flags = QR | (question.flags & (OPCODE_MASK | RD)) | (rcode & 0xF)
     if authoritative:
         flags |= AA
@@ -270,8 +283,8 @@ def encode_response(question: Question, rcode: int, answers: Sequence[Record] = 
     for record in additional:
         w.record(record)
     if opt:
-        # Echo the client's buffer size, no options, DO clear (we do not sign).
-        w.add(b"\x00" + struct.pack("!HHIH", OPT, question.udp_size, 0, 0))
+        # Echo the client's buffer size, version 0, no options, DO clear (we do not sign).
+        w.add(b"\x00" + struct.pack("!HHIH", OPT, question.udp_size, (rcode >> 4) << 24, 0))
     return w.value()
 
 
@@ -284,3 +297,92 @@ def error_response(packet: bytes, rcode: int) -> bytes | None:
         return None  # never answer a response (reflection loops)
     flags = QR | (flags & (OPCODE_MASK | RD)) | rcode
     return _HEADER.pack(ident, flags, 0, 0, 0, 0)
+
+
+# --- answers from recursors ---------------------------------------------------------------
+
+# Record types whose data holds compressed names (RFC 1035, RFC 2782): the offset of the first
+# name in the data, and how many names follow there.
+_NAMES_IN_DATA = {NS: (0, 1), CNAME: (0, 1), PTR: (0, 1), MX: (2, 1), SRV: (6, 1), SOA: (0, 2)}
+
+
+def _walk_name(packet: bytes, pos: int) -> tuple[tuple[bytes, ...], int]:
+    """A name of any bytes, checked for structure only: (lower-cased labels, offset after it)."""
+    labels: list[bytes] = []
+    end = -1
+    jumps = 0
+    total = 1
+    size = len(packet)
+    while True:
+        if pos >= size:
+            raise FormatError("name runs past the packet")
+        length = packet[pos]
+        if length == 0:
+            return tuple(labels), (end if end >= 0 else pos + 1)
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= size:
+                raise FormatError("truncated compression pointer")
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if jumps > 127:
+                raise FormatError("compression loop")
+            pos = ((length & 0x3F) << 8) | packet[pos + 1]
+            continue
+        if length & 0xC0:
+            raise FormatError("unknown label type")
+        total += length + 1
+        if total > MAX_NAME or pos + 1 + length > size:
+            raise FormatError("bad name")
+        labels.append(packet[pos + 1:pos + 1 + length].lower())
+        pos += 1 + length
+
+
+def check_reply(reply: bytes, question: Question) -> int:
+    """Where a recursor's `reply` to `question` ends; FormatError when it is not a well-formed
+    response to that question (RFC 5452: the question must match), so it is never passed on.
+
+    Checks the header, the question, every record's bounds and the names in the data of the
+    common compressed types. Anything after the last record is junk the caller cuts off.
+    """
+    if len(reply) < 12:
+        raise FormatError("short header")
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(reply)
+    if not flags & QR or (flags ^ question.flags) & OPCODE_MASK:
+        raise FormatError("not a response to this query")
+    pos = 12
+    if qdcount > 1:
+        raise FormatError("several questions")
+    if qdcount == 1:
+        labels, pos = _walk_name(reply, pos)
+        if pos + 4 > len(reply):
+            raise FormatError("truncated question")
+        asked = tuple(label.encode("ascii") for label in question.lower.split(".")) \
+            if question.name else ()
+        if labels != asked or _QTAIL.unpack_from(reply, pos) != (question.qtype,
+                                                                  question.qclass):
+            raise FormatError("an answer to another question")
+        pos += 4
+    elif flags & 0xF in (NOERROR, NXDOMAIN):
+        raise FormatError("an answer without its question")
+    for _ in range(ancount + nscount + arcount):
+        _, pos = _walk_name(reply, pos)
+        if pos + 10 > len(reply):
+            raise FormatError("truncated record")
+        rtype, _, _, rdlen = _RR.unpack_from(reply, pos)
+        pos += 10
+        end = pos + rdlen
+        if end > len(reply):
+            raise FormatError("truncated record data")
+        names = _NAMES_IN_DATA.get(rtype)
+        if names is not None:
+            offset, count = names
+            here = pos + offset
+            for _ in range(count):
+                if here >= end:
+                    raise FormatError("record data too short")
+                _, here = _walk_name(reply, here)
+            if here > end:
+                raise FormatError("name runs past its record")
+        pos = end
+    return pos
