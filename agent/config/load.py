@@ -6,8 +6,14 @@ Sources, merged in this order (Consul's builder):
 2. the list-valued flags (``-recursor``, ``-join``, ``-retry-join``): Consul merges them before
    the files so that they come *first* in the lists;
 3. the files: each ``-config-file`` (a directory given there counts as a ``-config-dir``), then
-   each ``-config-dir``'s ``*.json`` files in name order (sub-directories are skipped);
+   each ``-config-dir``'s ``*.json`` and ``*.hcl`` files in name order (sub-directories are
+   skipped); `agent.config.read` parses one file;
 4. every other flag, so flags win over files.
+
+Keys match case-insensitively and deprecated spellings move to their keys, as in Consul. Then
+addresses are checked and templates evaluated (`agent.config.addresses`), Consul's rules across
+sources are applied, settings Waypost cannot honour safely refuse (`agent.config.safety`), and
+the keys without effect are listed (`agent.config.support`).
 
 Merge rules are Consul's (agent/config/merge.go), read off ``schemas/agent-config.json``: an
 object whose keys the schema lists (``ports``, ``addresses``, ``dns_config``, ``acl``, ``limits``,
@@ -16,29 +22,38 @@ replaced by a later *non-empty* one; a list is appended to (``services``, ``chec
 ``watches``, ``start_join``, ``retry_join``, ``recursors``, ...); anything else is replaced.
 ``plugins`` (ours, ``x-merge: deep``) merges plugin by plugin and key by key.
 
-A bad source stops start-up with a `ConfigError` naming the file and the line and column (JSON
-syntax) or the JSON pointer (a value). `load_agent_config` re-reads everything, so a reload
+A bad source stops start-up with a `ConfigError` naming the file and the line and column (syntax)
+or the JSON pointer (a value). `load_agent_config` re-reads everything, so a reload
 (SIGHUP) calls it again with the same arguments.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from agent.config import addresses
+from agent.config.interfaces import IfAddr, system_interfaces
 from agent.config.model import DEFAULT_LIMITS, AgentConfig, DNSConfig, Ports, SOAConfig
-from agent.config.validate import SCRIPTS_DISABLED, ConfigError, Source, SourceChecker
+from agent.config.read import EmptyFile, file_format, read_file
+from agent.config.safety import check_safety
+from agent.config.support import scan_sources, translate_deprecated
+from agent.config.validate import (
+    SCRIPTS_DISABLED,
+    ConfigError,
+    Source,
+    SourceChecker,
+    normalize_log_level,
+)
 from agent.durations import parse_duration
 from agent.schemas import SchemaSet
 
 __all__ = [
     "DEV_DEFAULTS",
-    "UNSUPPORTED_KEYS",
     "ConfigError",
     "build_config",
     "config_files",
@@ -47,27 +62,17 @@ __all__ = [
 ]
 
 COMMAND_LINE = "command line"
+_PORT_FIELDS = frozenset(f.name for f in fields(Ports))
+PluginCheck = Callable[[Mapping[str, Any]], None]
 
 # Consul's dev-mode defaults (agent/config/default.go DevSource) that mean something here.
 DEV_DEFAULTS: Mapping[str, Any] = {
     "bind_addr": "127.0.0.1",
-    "log_level": "debug",
+    "log_level": "DEBUG",  # as Consul spells it (its DebugConfig shows it so)
     "server": True,
     "ui": True,
     "ports": {"grpc": 8502},
 }
-
-# Keys accepted and kept in the model that have no effect yet; when a user sets one (in a file
-# or by flag) it is listed in AgentConfig.unsupported and logged at start-up. Remove a key here
-# when its feature lands. (services, checks, script checks and watches are built: agent.py
-# registers config.services/checks, gateway/watch runs config.watches.)
-UNSUPPORTED_KEYS = frozenset({
-    "acl", "bootstrap", "bootstrap_expect", "encrypt", "performance", "retry_join",
-    "start_join", "telemetry", "ui", "ui_dir",
-})
-# Of `limits`, only these have an effect; the others are listed as "limits.<key>".
-SUPPORTED_LIMITS = frozenset({"kv_max_value_size"})
-
 
 # -- reading --------------------------------------------------------------------------------
 
@@ -83,39 +88,17 @@ def config_files(files: Iterable[str], dirs: Iterable[str]) -> list[Path]:
         if not path.is_dir():
             raise ConfigError(f"{name}: not a directory")
         paths.extend(_dir_files(path))
-    for path in paths:
-        if path.suffix == ".hcl":
-            raise ConfigError(f"{path}: HCL config files are not supported yet; use JSON")
     return paths
 
 
 def _dir_files(directory: Path) -> list[Path]:
-    # Consul reads .json and .hcl files (we refuse the latter), sorted by name; symlinks are
-    # followed, sub-directories skipped.
+    # Consul reads .json and .hcl files, sorted by name; symlinks are followed,
+    # sub-directories skipped.
     try:
         entries = sorted(directory.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         raise ConfigError(f"{directory}: {exc.strerror}") from None
     return [p for p in entries if p.suffix in (".json", ".hcl") and p.is_file()]
-
-
-def read_file(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; an empty file is an empty object, as in Consul."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
-    if not text.strip():
-        return {}
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}:1:1: the top level must be a JSON object")
-    return doc
 
 
 # -- merging --------------------------------------------------------------------------------
@@ -148,37 +131,47 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _unsupported(sources: Iterable[Source]) -> tuple[str, ...]:
-    found = set()
-    for source in sources:
-        found.update(key for key in source.doc if key in UNSUPPORTED_KEYS)
-        found.update(f"limits.{key}" for key in source.doc.get("limits", {})
-                     if key not in SUPPORTED_LIMITS)
-    return tuple(sorted(found))
-
-
 # -- building -------------------------------------------------------------------------------
 
 
 def load_agent_config(files: list[str], dirs: list[str], flags: Mapping[str, Any],
-                      dev: bool) -> AgentConfig:
+                      dev: bool, *, config_format: str | None = None,
+                      plugin_check: PluginCheck | None = None,
+                      interfaces: Callable[[], list[IfAddr]] = system_interfaces) -> AgentConfig:
     """Read every file (``files``, then each of ``dirs``) and ``flags``, and build the config.
 
     ``flags`` has the shape of a config file (Consul's keys); ``None`` and empty lists mean
     "not given". The node ID is random when not configured, so a reload should keep the
-    running agent's.
+    running agent's. ``config_format`` (``-config-format``) says how to read a file named
+    neither ``.json`` nor ``.hcl``; ``plugin_check``, when given, checks one plugin's settings
+    (``{name: settings}``) and raises ``ValueError`` for an unknown plugin or bad settings,
+    which is reported with the file that set them; ``interfaces`` lists this machine's
+    addresses for go-sockaddr templates.
     """
-    return build_config(config_files(files, dirs), flags, dev)
+    return build_config(config_files(files, dirs), flags, dev, config_format=config_format,
+                        plugin_check=plugin_check, interfaces=interfaces)
 
 
-def build_config(files: Iterable[Path | str], flags: Mapping[str, Any], dev: bool) -> AgentConfig:
+def build_config(files: Iterable[Path | str], flags: Mapping[str, Any], dev: bool, *,
+                 config_format: str | None = None,
+                 plugin_check: PluginCheck | None = None,
+                 interfaces: Callable[[], list[IfAddr]] = system_interfaces) -> AgentConfig:
     """Like `load_agent_config`, for an already expanded list of files."""
     checker = SourceChecker(SchemaSet())
     given = {k: v for k, v in flags.items() if v is not None and v != [] and v != ()}
     flag_source = checker.check(COMMAND_LINE, {k: list(v) if isinstance(v, tuple) else v
                                                for k, v in given.items()})
     paths = [Path(f) for f in files]
-    file_sources = [checker.check(str(path), read_file(path)) for path in paths]
+    warnings: list[str] = []
+    file_sources: list[Source] = []
+    for path in paths:
+        fmt = file_format(path, config_format)
+        try:
+            doc = read_file(path, fmt)
+        except EmptyFile:
+            warnings.append(f"{path}: the file is empty; skipped")
+            continue
+        file_sources.append(checker.check(str(path), doc, hcl=fmt == "hcl"))
 
     head = [dict(DEV_DEFAULTS)] if dev else []
     head.append({k: v for k, v in flag_source.doc.items() if isinstance(v, list)})
@@ -186,22 +179,69 @@ def build_config(files: Iterable[Path | str], flags: Mapping[str, Any], dev: boo
     merged: dict[str, Any] = {}
     for doc in [*head, *(s.doc for s in file_sources), tail]:
         merged = merge(merged, doc, checker.schema, checker)
+    merged = translate_deprecated(merged, checker.schema)
 
     user_sources = [*file_sources, flag_source]
+
+    def origin(key: str) -> str | None:
+        # The source whose value is in effect: flags win, then the last file setting it.
+        for source in reversed(user_sources):
+            if _has(source.doc, key):
+                return source.name
+        return None
+
     services = [(d, s.name, label) for s in file_sources for d, label in s.services]
     checks = [(c, s.name, label) for s in file_sources for c, label in s.checks]
-    config = _build(merged, dev)
+    config = _build(merged, dev, addresses.resolve(merged, interfaces, origin))
     _check(config, services, checks)
+    check_safety(merged, origin)
+    if plugin_check is not None:
+        _check_plugins(config.plugins, plugin_check, origin)
+    unsupported, notes = scan_sources([s.doc for s in user_sources], checker.schema,
+                                      checker.resolve)
     return replace(
         config,
         services=tuple(d for d, _, _ in services),
         checks=tuple(c for c, _, _ in checks),
         config_sources=tuple(str(p) for p in paths),
-        unsupported=_unsupported(user_sources),
+        unsupported=unsupported,
+        warnings=(*warnings, *notes, *_address_notes(config)),
+        settings={k: v for k, v in merged.items()
+                  if k not in ("service", "services", "check", "checks")},
     )
 
 
-def _build(c: Mapping[str, Any], dev: bool) -> AgentConfig:
+def _has(doc: Mapping[str, Any], key: str) -> bool:
+    node: Any = doc
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _check_plugins(plugins: Mapping[str, Any], check: PluginCheck, origin) -> None:
+    for name, settings in plugins.items():
+        try:
+            check({name: settings})
+        except ValueError as exc:
+            source = origin(f"plugins.{name}")
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+def _address_notes(config: AgentConfig) -> list[str]:
+    # Listeners serve one address each for now; say so rather than drop the others quietly.
+    notes = []
+    for key, many, used in (("client_addr", config.client_addrs, config.client_addr),
+                            ("addresses.http", config.http_addrs, config.http_addr),
+                            ("addresses.dns", config.dns_addrs, config.dns_addr)):
+        if len(many) > 1:
+            notes.append(f"{key} lists {len(many)} addresses; Waypost listens on the first "
+                         f"one only ({used}) for now")
+    return notes
+
+
+def _build(c: Mapping[str, Any], dev: bool, where: Mapping[str, Any]) -> AgentConfig:
     server = c.get("server", True)  # Waypost has no client mode yet: a server unless told
     bootstrap, expect = c.get("bootstrap", False), c.get("bootstrap_expect", 0)
     if expect == 1:  # Consul: the same as bootstrap mode
@@ -210,13 +250,7 @@ def _build(c: Mapping[str, Any], dev: bool) -> AgentConfig:
     for key in ("https_handshake_timeout", "rpc_handshake_timeout"):
         if isinstance(limits[key], str):
             limits[key] = parse_duration(limits[key])
-    addresses = c.get("addresses", {})
     enable_script_checks = c.get("enable_script_checks", False)
-    recursors: list[str] = []
-    for entry in c.get("recursors", ()):
-        for address in entry.split():  # Consul splits and de-duplicates
-            if address not in recursors:
-                recursors.append(address)
     return AgentConfig(
         node_name=c.get("node_name") or socket.gethostname(),
         node_id=c.get("node_id") or str(uuid.uuid4()),
@@ -227,15 +261,11 @@ def _build(c: Mapping[str, Any], dev: bool) -> AgentConfig:
         server=server,
         bootstrap=bootstrap,
         bootstrap_expect=expect,
-        bind_addr=c.get("bind_addr", "127.0.0.1"),
-        advertise_addr=c.get("advertise_addr", ""),
-        client_addr=c.get("client_addr", "127.0.0.1"),
-        http_addr=addresses.get("http", ""),
-        dns_addr=addresses.get("dns", ""),
+        **where,
         unix_sockets=dict(c.get("unix_sockets", {})),
-        ports=Ports(**c.get("ports", {})),
+        ports=Ports(**{k: v for k, v in c.get("ports", {}).items() if k in _PORT_FIELDS}),
         data_dir=c.get("data_dir", ""),
-        log_level=c.get("log_level", "info"),
+        log_level=normalize_log_level(c.get("log_level", "info"), "log_level"),
         enable_syslog=c.get("enable_syslog", False),
         pid_file=c.get("pid_file", ""),
         node_meta=dict(c.get("node_meta", {})),
@@ -246,7 +276,6 @@ def _build(c: Mapping[str, Any], dev: bool) -> AgentConfig:
         encrypt=c.get("encrypt", ""),
         ui=c.get("ui", False),
         ui_dir=c.get("ui_dir", ""),
-        recursors=tuple(recursors),
         dns_config=_dns_config(c.get("dns_config", {})),
         enable_script_checks=enable_script_checks,
         enable_local_script_checks=c.get("enable_local_script_checks", enable_script_checks),
@@ -295,7 +324,15 @@ def _check(config: AgentConfig, services: list, checks: list) -> None:
         for check, source, label in checks:
             if _is_script(check):
                 raise ConfigError(f"{source}: {label}: {SCRIPTS_DISABLED}")
+    # A check of a service must find it: the config's services are registered first, and
+    # anything else would fail at start-up, after the agent began to serve.
+    service_ids = {definition.service.id for definition, _, _ in services}
+    for check, source, label in checks:
+        if check.service_id and check.service_id not in service_ids:
+            raise ConfigError(f'{source}: {label}: ServiceID "{check.service_id}" does not '
+                              "exist (no service of the config files has that ID)")
 
 
 def _is_script(check) -> bool:
-    return bool(check.args) or check.type == "script"
+    # Docker checks run a command in a container: Consul counts them as script checks.
+    return bool(check.args) or check.type in ("script", "docker")

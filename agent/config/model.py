@@ -2,7 +2,8 @@
 
 `agent.config.load` builds it (Consul's defaults, merge rules and checks); everything else only
 reads it. Durations are seconds (float). Settings of features that are not built yet are kept
-here anyway, and `AgentConfig.unsupported` names the ones a user set, so the agent can say so.
+in `AgentConfig.settings` anyway, and `AgentConfig.unsupported` names the ones a user set, so
+the agent can say so.
 """
 
 from __future__ import annotations
@@ -98,10 +99,16 @@ class AgentConfig:
     bootstrap: bool = False
     bootstrap_expect: int = 0
     bind_addr: str = "127.0.0.1"
+    # The resolved advertise address ("" means bind_addr); templates are evaluated at load.
     advertise_addr: str = ""
-    client_addr: str = "127.0.0.1"
-    http_addr: str = ""  # addresses.http overrides client_addr for the HTTP API
-    dns_addr: str = ""  # addresses.dns overrides client_addr for DNS
+    client_addr: str = "127.0.0.1"  # the first of client_addrs
+    http_addr: str = ""  # addresses.http overrides client_addr for the HTTP API (first one)
+    dns_addr: str = ""  # addresses.dns overrides client_addr for DNS (first one)
+    # Every address configured (space-separated lists, templates evaluated); "unix:///path"
+    # is possible in http_addrs. Empty tuples mean "not configured" (client_addr applies).
+    client_addrs: tuple[str, ...] = ("127.0.0.1",)
+    http_addrs: tuple[str, ...] = ()
+    dns_addrs: tuple[str, ...] = ()
     # unix_sockets {mode, user, group}: applied to the socket file of a "unix://" address.
     unix_sockets: Mapping[str, str] = field(default_factory=dict)
     ports: Ports = Ports()
@@ -141,6 +148,13 @@ class AgentConfig:
     config_sources: tuple[str, ...] = ()
     # Keys a user set that have no effect yet ("acl", "limits.rpc_rate", ...), sorted.
     unsupported: tuple[str, ...] = ()
+    # Other things to tell the operator at start-up: deprecated spellings, Consul Enterprise
+    # keys, skipped empty files, addresses beyond the first one.
+    warnings: tuple[str, ...] = ()
+    # Every setting as merged from the sources (Consul's snake_case keys, durations as
+    # written, deprecated spellings moved to their keys; no service or check definitions):
+    # what /v1/agent/self reports for settings without a field of their own here.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def advertise(self) -> str:

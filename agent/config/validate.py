@@ -3,7 +3,8 @@
 Owns: `ConfigError`, and `SourceChecker`, which validates a source against
 ``schemas/agent-config.json``, then applies the rules Consul enforces in code (durations,
 log level, node ID, datacenter, gossip key, watch parameters) and parses the source's service
-and check definitions through `agent.definitions`. Every message starts with the source's name
+and check definitions through `agent.definitions`. Keys are matched case-insensitively
+and, for HCL files, a single block stands for a list of one, as Consul reads them. Every message starts with the source's name
 and, for a value, its JSON pointer: ``a.json: /ports/http: 'abc' is not of type 'integer'``.
 """
 
@@ -81,6 +82,7 @@ class SourceChecker:
 
     def __init__(self, schemas: SchemaSet) -> None:
         self.schemas = schemas
+        self._hcl = False
         self.schema: Mapping[str, Any] = schemas.schema(SCHEMA_NAME)
         self._validator = Draft202012Validator(self.schema, format_checker=None)
 
@@ -96,8 +98,13 @@ class SourceChecker:
             return {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
         return schema
 
-    def check(self, name: str, doc: Mapping[str, Any]) -> Source:
-        """Validate one source; raise `ConfigError` for its first problem."""
+    def check(self, name: str, doc: Mapping[str, Any], *, hcl: bool = False) -> Source:
+        """Validate one source; raise `ConfigError` for its first problem.
+
+        ``hcl``: the source was an HCL file, where one block stands for a list of one
+        (``services { ... }``), as Consul reads it.
+        """
+        self._hcl = hcl
         doc = self._walk(doc, self.schema, (), name, drop_nulls=True)
         error = best_match(self._validator.iter_errors(doc))
         if error is not None:
@@ -115,12 +122,14 @@ class SourceChecker:
         if "service" in doc:
             entries.append((doc["service"], "service"))
         for raw, label in entries:
+            raw = _hcl_lists(raw) if hcl else raw
             source.services.append((self._parse(parse_service_definition, raw, name, label),
                                     label))
         entries = [(c, f"checks[{i}]") for i, c in enumerate(doc.get("checks", ()))]
         if "check" in doc:
             entries.append((doc["check"], "check"))
         for raw, label in entries:
+            raw = _hcl_lists(raw) if hcl else raw
             source.checks.append((self._parse(parse_check_definition, raw, name, label), label))
         return source
 
@@ -131,7 +140,8 @@ class SourceChecker:
             raise ConfigError(f"{name}: {label}: {exc}") from None
 
     def _walk(self, value: Any, schema: Any, path: tuple, name: str, *, drop_nulls: bool) -> Any:
-        """Drop ``null`` settings (Go's "not given") or, later, check every duration."""
+        """Drop ``null`` settings (Go's "not given") and spell keys as the schema does (Consul
+        matches them case-insensitively), or, later, check every duration."""
         if isinstance(schema, dict) and schema.get("$ref") == _DURATION_REF and not drop_nulls:
             try:
                 parse_duration(value)
@@ -139,11 +149,16 @@ class SourceChecker:
                 raise ConfigError(f"{where(name, *path)}: {exc}") from None
             return value
         schema = self.resolve(schema)
+        if drop_nulls and self._hcl and isinstance(value, dict) and schema.get("type") == "array":
+            value = [value]
         if isinstance(value, dict):
             properties = schema.get("properties", {})
             extra = schema.get("additionalProperties")
+            folded = {key.lower(): key for key in properties}
             out = {}
             for key, item in value.items():
+                if drop_nulls and key not in properties:
+                    key = folded.get(key.lower(), key)
                 if key in properties:
                     if item is None and drop_nulls:
                         continue
@@ -160,8 +175,8 @@ class SourceChecker:
         return value
 
     def _check_values(self, name: str, doc: dict[str, Any]) -> None:
-        if "log_level" in doc:
-            doc["log_level"] = normalize_log_level(doc["log_level"], where(name, "log_level"))
+        if "log_level" in doc:  # kept as spelled (Consul shows it so); the model normalises
+            normalize_log_level(doc["log_level"], where(name, "log_level"))
         if "datacenter" in doc:
             doc["datacenter"] = doc["datacenter"].lower()
             if not _DATACENTER.match(doc["datacenter"]):
@@ -176,6 +191,20 @@ class SourceChecker:
             problem = _gossip_key_problem(doc["encrypt"])
             if problem:
                 raise ConfigError(f"{where(name, 'encrypt')}: encrypt has invalid key: {problem}")
+
+
+def _hcl_lists(raw: Any) -> Any:
+    """A service or check from HCL with its ``checks`` block as the list of one it means."""
+    if not isinstance(raw, dict):
+        return raw
+    out = {}
+    for key, value in raw.items():
+        if key.lower() == "checks" and isinstance(value, dict):
+            value = [value]
+        elif isinstance(value, dict):
+            value = _hcl_lists(value)
+        out[key] = value
+    return out
 
 
 def normalize_log_level(level: str, at: str) -> str:

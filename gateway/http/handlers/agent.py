@@ -32,6 +32,11 @@ def self_info(facade, request, params, arg):
 
 
 def members(facade, request, params, arg):
+    # Consul takes any non-empty ?wan value (even "0" or "false") as "the WAN pool".
+    if request.query.get("wan", [""])[0]:
+        config = facade.config
+        return [encode_self.wan_member(m, config) for m in facade.members()[:1]] \
+            if config.server else []
     return [encode_self.member(m) for m in facade.members()]
 
 
@@ -140,13 +145,17 @@ check_fail = _ttl(structs.CRITICAL)
 
 def check_update(facade, request, params, check_id: str):
     body = json_body(request)
+    if body is None:
+        body = {}  # Go decodes a null body into the zero value
     if not isinstance(body, dict):
         raise InvalidRequest("Request decode failed: json: cannot unmarshal "
                              f"{_json_kind(body)} into Go value of type agent.checkUpdate")
-    # Go's decoder matches field names case-insensitively and ignores unknown ones.
+    # Go's decoder matches field names case-insensitively, ignores unknown ones, and leaves a
+    # field given as null at its zero value.
     fields = {k.lower(): v for k, v in body.items()}
-    status = fields.get("status", "")
-    output = fields.get("output", "")
+    status, output = (fields.get(name) for name in ("status", "output"))
+    status = "" if status is None else status
+    output = "" if output is None else output
     for name, value in (("Status", status), ("Output", output)):
         if not isinstance(value, str):
             raise InvalidRequest(f"Request decode failed: json: cannot unmarshal "
