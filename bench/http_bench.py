@@ -46,8 +46,12 @@ def start_agent(consul: str | None, port: int, extra: list[str] | None = None) -
                # Consul caps connections per client address at 200 by default.
                "-hcl", "limits { http_max_conns_per_client = 5000 }"]
     else:
+        # The same per-client connection cap as Consul's above (the waiters share one address).
+        limits = Path(tempfile.mkdtemp(prefix="waypost-bench-")) / "limits.json"
+        limits.write_text(json.dumps({"limits": {"http_max_conns_per_client": 5000}}))
         cmd = [sys.executable, "-m", "gateway.cli.main", "agent", "-dev", "-node", "bench",
-               "-http-port", str(port), "-dns-port", str(dns), "-log-level", "error"]
+               "-http-port", str(port), "-dns-port", str(dns), "-log-level", "error",
+               "-config-file", str(limits)]
     cmd += extra or []
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))

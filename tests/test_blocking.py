@@ -368,7 +368,8 @@ def test_200_parked_waiters_all_woken_by_one_put(agent):
                f"Host: 127.0.0.1\r\n\r\n").encode()
     socks = []
     try:
-        for _ in range(200):
+        # 199 parked + the PUT's own connection: Consul's default of 200 per client address.
+        for _ in range(199):
             s = socket.create_connection(("127.0.0.1", agent.port), timeout=15)
             s.sendall(request)
             socks.append(s)

@@ -6,22 +6,67 @@ hook API honest.
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.http.api import HTTPAPI
 from gateway.http.handlers import agent, catalog, health, kv, maintenance, status
 from gateway.http.handlers import etcd
 from gateway.http.handlers import session, txn
-from gateway.http.protocol import HTTPFactory
+from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
+from gateway.http.protocol import HTTPFactory, Request, Response
 from gateway.http.routes import RouteTable
 
 GET, PUT, DELETE = ("GET", "HEAD"), ("PUT",), ("DELETE",)
+# Consul's index and UI handlers answer every method.
+ANY = ("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH")
+
+_HTML = b"text/html; charset=utf-8"
+_TEXT = b"text/plain; charset=utf-8"
+_NO_UI = (b"The web UI is not built into this Waypost agent yet.\n"
+          b"The HTTP API is served under /v1/.\n")
+
+
+def _redirect_to_ui(request: Request) -> Response:
+    # As Go's http.Redirect: a small HTML body for GET and HEAD only.
+    if request.method in ("GET", "HEAD"):
+        return Response(301, b'<a href="/ui/">Moved Permanently</a>.\n\n',
+                        [(b"Location", b"/ui/")], content_type=_HTML)
+    return Response(301, b"", [(b"Location", b"/ui/")], content_type=None)
+
+
+def index(facade, request: Request, params, arg: str) -> Response:
+    """`/`: to the UI when it is enabled, else "Consul Agent" (so an HTTP check pointed at
+    the agent itself passes)."""
+    if facade.config.ui:
+        return _redirect_to_ui(request)
+    return Response(200, b"Consul Agent", content_type=_TEXT)
+
+
+def ui_root(facade, request: Request, params, arg: str) -> Response:
+    """`/ui`, as Go's ServeMux answers a subtree without its slash."""
+    if facade.config.ui:
+        return _redirect_to_ui(request)
+    return Response(404, b"", content_type=None)
+
+
+def ui(facade, request: Request, params, arg: str) -> Response:
+    """`/ui/...`: there is no UI to serve yet; say so plainly (200, so checks that follow
+    the redirect from `/` still pass, as they do against Consul)."""
+    if facade.config.ui:
+        return Response(200, _NO_UI, content_type=_TEXT)
+    return Response(404, b"", content_type=None)
+
+
+for _handler in (index, ui_root, ui):
+    _handler.own_query_params = True  # Consul's index ignores ?index=abc and friends
 
 
 def build_routes() -> RouteTable:
     t = RouteTable()
+    t.add("/", ANY, index, local=True, prefix=False)
+    t.add("/ui", ANY, ui_root, local=True)
+    t.add("/ui/", ANY, ui, local=True)
     t.add("/v1/kv/", GET + PUT + DELETE, kv.kv)
     t.add("/v1/catalog/register", PUT, catalog.register)
     t.add("/v1/catalog/deregister", PUT, catalog.deregister)
@@ -65,17 +110,26 @@ def build_routes() -> RouteTable:
     return t
 
 
-def make_http_service(facade, reactor):
+def conns_per_client(config: Any) -> int:
+    """`limits.http_max_conns_per_client`: 0 (or less) means no limit, as in Consul."""
+    try:
+        return max(0, int(config.limits.get("http_max_conns_per_client", 200)))
+    except (TypeError, ValueError, AttributeError):
+        return 200
+
+
+def make_http_service(facade, reactor) -> HTTPListenerService:
     config = facade.config
     api = HTTPAPI(facade, reactor, build_routes())
-    factory = HTTPFactory(api, reactor, max_body=config.max_body_bytes)
-    host = config.http_addr or config.client_addr
-    endpoint_cls = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-    endpoint = endpoint_cls(reactor, config.ports.http, interface=host)
-    service = StreamServerEndpointService(endpoint, factory)
-    service._raiseSynchronously = True  # a port in use must stop start-up, not be logged later
-    service.setName("http")
-    return service
+    factory = HTTPFactory(api, reactor, max_body=config.max_body_bytes,
+                          max_conns_per_client=conns_per_client(config))
+
+    def reloaded(new: Any) -> None:
+        factory.max_conns_per_client = conns_per_client(new)
+
+    facade.reload_listeners.append(reloaded)
+    endpoint = http_endpoint(reactor, config, listen_backlog())
+    return HTTPListenerService(endpoint, factory, config)
 
 
 @hookimpl

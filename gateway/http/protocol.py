@@ -3,8 +3,14 @@
 This module owns framing only: it parses requests with httptools (llhttp),
 hands each one to a handler as a `Request`, and writes the handler's
 `Response` back, in request order, with keep-alive, pipelining, request size
-limits, `Expect: 100-continue` and an idle timeout. Routing, JSON and the
-`X-Consul-*` headers live above it.
+limits (head and chunked trailers share one byte and field budget), a concurrent
+connection limit per client address, `Expect: 100-continue` and an idle timeout.
+Routing, JSON and the `X-Consul-*` headers live above it.
+
+Work per received byte is bounded: repeated header names are joined once, many
+small body pieces spill into one buffer, and a head (or trailer block) arriving
+in many small reads is held back until it is complete or has doubled, so the
+parser never re-copies a growing field once per read.
 
 twisted.web's `Site` costs about twice as much per request; this protocol does
 one parser per connection, one dict per request and one `transport.write` per
@@ -13,20 +19,29 @@ response.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from inspect import iscoroutine
 from typing import Any, Callable
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 import txaio
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
+from httptools import (
+    HttpParserError,
+    HttpParserInvalidURLError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+    parse_url,
+)
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from agent.errors import InvalidRequest
 
 txaio.use_twisted()
 
@@ -43,11 +58,95 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT = b"text/plain; charset=utf-8"
 _BODY_TOO_LARGE = "Request body too large, max size: {} bytes"
 _HEAD_TOO_LARGE = "Request header fields too large, max size: {} bytes"
+_TOO_MANY_FIELDS = "Request header fields too large, max count: {} fields"
+_TOO_MANY_CONNS = ("Too many concurrent connections from this client: the limit is {} "
+                   "(limits.http_max_conns_per_client)\n")
+# Go's net/http has no count limit (only its 1 MiB of header bytes); Node's is 2000.
+# Real clients send a dozen; 1000 keeps a flood of tiny fields cheap to refuse.
+DEFAULT_MAX_HEADER_FIELDS = 1000
 # More responses than this waiting behind a slow one: stop reading from the client.
 _MAX_PENDING = 32
 # Time given to a client to read an error response before the socket is closed
 # while it is still sending (closing with unread input would send an RST).
 _LINGER_SECONDS = 2.0
+# A head arriving in pieces is held until it is complete or the held bytes reach
+# this (or what was already fed, whichever is more): the parser's growing field
+# buffer is then copied O(log n) times, not once per read.
+_HOLD_MIN = 4096
+# Up to this many body pieces are kept as a list (no copy for the usual single
+# piece); beyond it, say a body sent as 1-byte chunks, they spill into one buffer.
+_MAX_BODY_PARTS = 32
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+# The header names clients send most, as they spell them, to their lower-case key: one
+# dict lookup instead of a decode and a lower() per field. Others are decoded.
+_HEADER_NAMES = {spelling.encode(): spelling.lower() for name in (
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Content-Type", "Content-Length",
+    "Connection", "X-Consul-Token", "Authorization", "Expect", "Transfer-Encoding",
+    "X-Forwarded-For", "Keep-Alive", "Cache-Control") for spelling in (name, name.lower())}
+
+
+def _not_utf8(what: str, exc: UnicodeDecodeError) -> str:
+    """A 400 message naming the first byte that is not UTF-8 once percent-decoded, by its
+    offset in the decoded bytes and the text before it (the same however it was escaped)."""
+    at = exc.start
+    detail = f"byte 0x{exc.object[at]:02x} at offset {at}"
+    if at:
+        before = exc.object[:at].decode("utf-8")  # valid up to the bad byte by definition
+        if len(before) > 40:
+            before = "..." + before[-40:]
+        detail += f', after "{before}"'
+    return f"Invalid URL {what} not valid UTF-8 ({detail})"
+
+
+def _query_error(raw: bytes) -> InvalidRequest:
+    """The 400 for a query some field of which is not UTF-8: finds that field again."""
+    for field in raw.split(b"&"):
+        name, _, value = field.partition(b"=")
+        try:
+            name_text = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return InvalidRequest(_not_utf8("query: a field name is", exc))
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return InvalidRequest(_not_utf8(f'query: the value of "{name_text}" is', exc))
+    return InvalidRequest("Invalid URL query: not valid UTF-8")
+
+
+def _escape_request_line(data: bytes, at_start: bool) -> bytes:
+    """`data` with the bytes >= 0x80 of its first line percent-encoded.
+
+    llhttp refuses them in a request target, Go (and so Consul) takes raw UTF-8 there: this
+    makes `PUT /v1/kv/ключ` sent unencoded the same request as its %-encoded form, whose
+    decoded path is byte for byte the same. Only the request line is touched, never a header
+    or the body. `at_start`: the request line starts in `data` (after optional blank lines)."""
+    start = 0
+    if at_start:
+        while start < len(data) and data[start] in b"\r\n":
+            start += 1
+    end = data.find(b"\n", start)
+    if end < 0:
+        end = len(data)
+    if data[:end].isascii():
+        return data
+    return _HIGH_BYTE.sub(_percent_encode, data[:end]) + data[end:]
+
+
+def _percent_encode(match: re.Match) -> bytes:
+    return b"%%%02X" % match.group()[0]
+
+
+def redact_query(raw_query: bytes) -> bytes:
+    """`raw_query` with the value of every `token` field replaced by `<hidden>`, as Consul
+    logs it. The field name is compared after percent-decoding (`%74oken` is `token` too)."""
+    if b"oken" not in raw_query and b"%" not in raw_query:
+        return raw_query
+    fields = raw_query.split(b"&")
+    for i, field in enumerate(fields):
+        name = field.split(b"=", 1)[0]
+        if unquote_to_bytes(name.replace(b"+", b" ")) == b"token":
+            fields[i] = name + b"=<hidden>"
+    return b"&".join(fields)
 
 
 class Request:
@@ -73,11 +172,19 @@ class Request:
 
     @property
     def query(self) -> dict[str, list[str]]:
-        # Parsed on first use: most cached reads never look at it.
+        """The query fields. Parsed on first use (most cached reads never look at it);
+        raises InvalidRequest (a 400) if a field is not UTF-8 once percent-decoded."""
         query = self._query
         if query is None:
             raw = self.raw_query
-            query = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True) if raw else {}
+            if raw:
+                try:
+                    query = parse_qs(raw.decode("utf-8"), keep_blank_values=True,
+                                     errors="strict")
+                except UnicodeDecodeError:
+                    raise _query_error(raw) from None
+            else:
+                query = {}
             self._query = query
         return query
 
@@ -86,7 +193,8 @@ class Request:
         self._query = value
 
     def __repr__(self) -> str:
-        return f"<Request {self.method} {self.raw_path!r} {self.raw_query!r}>"
+        # Reaches the log when a handler fails: never with the client's token.
+        return f"<Request {self.method} {self.raw_path!r} {redact_query(self.raw_query)!r}>"
 
 
 class Response:
@@ -136,6 +244,17 @@ class HTTPProtocol(Protocol):
 
     log = txaio.make_logger()
     factory: HTTPFactory
+    # Slots: attribute access on the hot path stays fast however many there are (a plain
+    # instance dict stops sharing keys past 30 and every lookup gets slower).
+    __slots__ = ("_reactor", "_handler", "_max_body", "_max_head", "_max_fields",
+                 "_idle_timeout", "_parser", "_queue", "_closing", "_lost", "_paused", "_error",
+                 "_linger_call", "_in_head", "_head_read", "_chunk_open", "_held", "_line_open",
+                 "_held_len", "_held_tail", "_headers", "_url", "_repeated", "_body", "_spill",
+                 "_body_len", "_head_size", "_fields", "_request_headers", "_client",
+                 "_last_active", "_idle_call", "_peer_key")
+
+    def __init__(self) -> None:
+        self._peer_key: str | None = None  # the client IP its factory counts it under
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -143,6 +262,7 @@ class HTTPProtocol(Protocol):
         self._handler = factory.handler
         self._max_body = factory.max_body
         self._max_head = factory.max_header_bytes
+        self._max_fields = factory.max_header_fields
         self._idle_timeout = factory.idle_timeout
         self._parser = HttpRequestParser(self)
         self._queue: deque[_Slot] = deque()
@@ -152,7 +272,19 @@ class HTTPProtocol(Protocol):
         self._error: tuple[int, str] | None = None
         self._linger_call = None
         self._in_head = True
-        self._head_read = 0     # bytes fed while the current head is incomplete
+        # Bytes received while a head, or a trailer block, is incomplete.
+        self._head_read = 0
+        # A chunk header was parsed and no chunk data followed yet: input that now
+        # brings no body is the trailer block.
+        self._chunk_open = False
+        self._held: list[bytes] | None = None  # pieces of a head held back, see _hold
+        # While a head is held: is its request line still coming (see _escape_request_line)?
+        self._line_open = False
+        self._held_len = 0
+        self._held_tail = b""
+        self._headers: dict[str, str] = {}
+        self._repeated: dict[str, list[str]] | None = None
+        self._spill: bytearray | None = None
         self._reset_message()
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
@@ -165,23 +297,46 @@ class HTTPProtocol(Protocol):
         self._idle_call = self._reactor.callLater(self._idle_timeout, self._check_idle)
 
     def _reset_message(self) -> None:
-        self._url = b""
-        self._headers: dict[str, str] = {}
+        # (`_headers` is handed to the request at the end of each head and replaced, and
+        # `_repeated` and `_spill` are None again once used.)
+        self._url = b""  # few pieces: a head arriving in many reads is held, see _hold
         self._body: list[bytes] = []
-        self._body_len = self._head_size = 0
+        self._body_len = self._head_size = self._fields = 0
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # bounded: we drop what we will never answer
         self._last_active = self._reactor.seconds()
-        if self._in_head:
-            self._head_read += len(data)
+        fresh = False  # a new head starts in `data`
+        if self._in_head or self._chunk_open:
+            if not self._head_read:
+                fresh = self._in_head
+                self._head_read = len(data)
+            elif self._held is not None:
+                data = self._hold(data)
+                if data is None:
+                    return
+            else:
+                self._head_read += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
             # We speak no other protocol; the upgrade request itself is answered
             # with Connection: close and the rest of the stream is ignored.
             self._closing = True
+            return
+        except HttpParserInvalidURLError as exc:
+            # Raw bytes >= 0x80 in a request target: llhttp refuses them, Go takes them.
+            # Escaped and parsed again from the start, if this request began the read (a
+            # pipelined one after another in the same read cannot be found again: 400).
+            escaped = data
+            if fresh and self._head_read == len(data):
+                escaped = _escape_request_line(data, True)
+            if escaped is not data:
+                self._restart_parser()
+                self.dataReceived(escaped)
+            else:
+                self._fail(400, f"Bad request: {exc}")
             return
         except HttpParserError as exc:
             if self._error is not None:
@@ -193,8 +348,50 @@ class HTTPProtocol(Protocol):
                                      failure=Failure(cause))
                 self._fail(400, f"Bad request: {exc}")
             return
-        if self._in_head and self._head_read > self._max_head:
+        if self._head_read and (self._in_head or self._chunk_open):
+            # Still inside a head or trailer block: refuse it once too large, else hold
+            # the next pieces back (the common single-read request never gets here).
+            if self._head_read > self._max_head:
+                self._fail(431, _HEAD_TOO_LARGE.format(self._max_head))
+            elif not self._closing:
+                if fresh:  # is the request line still coming? Its later pieces get escaped too
+                    self._line_open = data.lstrip(b"\r\n").find(b"\n") < 0
+                elif self._line_open:
+                    self._line_open = data.find(b"\n") < 0
+                self._held = []
+                self._held_tail = data[-2:]  # a blank line may straddle two reads
+
+    def _restart_parser(self) -> None:
+        """Forget the request whose first bytes the parser refused: it is fed again."""
+        self._parser = HttpRequestParser(self)
+        self._headers = {}
+        self._repeated = self._spill = None
+        self._reset_message()
+        self._head_read = 0
+
+    def _hold(self, data: bytes) -> bytes | None:
+        """Keep a piece of an unfinished head (or trailer block); give back everything held
+        once it may complete it (a blank line arrived) or has doubled what was fed."""
+        held = self._held
+        held.append(data)
+        size = self._held_len = self._held_len + len(data)
+        self._head_read += len(data)
+        if self._head_read > self._max_head:
+            self._held = None
             self._fail(431, _HEAD_TOO_LARGE.format(self._max_head))
+            return None
+        probe = self._held_tail + data
+        if (b"\n\r\n" not in probe and b"\n\n" not in probe
+                and size < max(_HOLD_MIN, self._head_read - size)):
+            self._held_tail = probe[-2:]
+            return None
+        self._held = None
+        self._held_len = 0
+        data = held[0] if len(held) == 1 else b"".join(held)
+        if self._in_head and self._line_open and not data.isascii():
+            data = _escape_request_line(data, False)
+            self._line_open = data.find(b"\n") < 0
+        return data
 
     # httptools callbacks
 
@@ -207,12 +404,27 @@ class HTTPProtocol(Protocol):
         self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Header fields and trailer fields share one budget of bytes and of fields. The bytes
+        # are checked at the end of the head (or trailers) and after each read; the fields
+        # here, so a flood of tiny ones stops early. (Trailers land in a dict nobody reads:
+        # handlers see headers only, as Go's do.)
         self._head_size += len(name) + len(value) + 4
-        key = name.decode("latin-1").lower()
+        self._fields += 1  # counting up: small ints are cached, no allocation
+        if self._fields > self._max_fields:
+            self._reject(431, _TOO_MANY_FIELDS.format(self._max_fields))
+        key = _HEADER_NAMES.get(name) or name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self._headers
         if key in headers:
-            headers[key] = headers[key] + ", " + text
+            # Joined once at the end of the head: joining per field is quadratic.
+            repeated = self._repeated
+            if repeated is None:
+                repeated = self._repeated = {}
+            values = repeated.get(key)
+            if values is None:
+                repeated[key] = [headers[key], text]
+            else:
+                values.append(text)
         else:
             headers[key] = text
 
@@ -221,7 +433,12 @@ class HTTPProtocol(Protocol):
         self._head_read = 0
         if self._head_size > self._max_head:
             self._reject(431, _HEAD_TOO_LARGE.format(self._max_head))
-        headers = self._headers
+        headers = self._request_headers = self._headers
+        self._headers = {}  # the next head's; trailers, if any, land here first and are dropped
+        if self._repeated is not None:
+            for key, values in self._repeated.items():
+                headers[key] = ", ".join(values)
+            self._repeated = None
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._reject(413, _BODY_TOO_LARGE.format(self._max_body))
@@ -230,12 +447,34 @@ class HTTPProtocol(Protocol):
                 and self._parser.get_http_version() == "1.1"):
             self._emit(_CONTINUE, close=False)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+        self._head_read = 0
+        if self._head_size > self._max_head:  # the trailers, after the last chunk
+            self._reject(431, _HEAD_TOO_LARGE.format(self._max_head))
+
     def on_body(self, body: bytes) -> None:
         size = self._body_len + len(body)
         if size > self._max_body:
             self._reject(413, _BODY_TOO_LARGE.format(self._max_body))
         self._body_len = size
-        self._body.append(body)
+        if self._chunk_open:
+            self._chunk_open = False
+            self._head_read = 0
+        spill = self._spill
+        if spill is not None:
+            spill += body
+        elif len(self._body) < _MAX_BODY_PARTS:
+            self._body.append(body)
+        else:
+            # Many tiny pieces (1-byte chunks): one growing buffer, not a list of
+            # small objects each costing ~40 bytes of memory per body byte.
+            self._spill = bytearray().join(self._body)
+            self._spill += body
+            self._body = []
 
     def on_message_complete(self) -> None:
         parser = self._parser
@@ -244,19 +483,35 @@ class HTTPProtocol(Protocol):
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         url = self._url
+        refusal = None
         if url[:1] == b"/" or url == b"*":
             raw_path, _, raw_query = url.partition(b"?")
         else:  # absolute-form, as sent to proxies: `GET http://host/p?q HTTP/1.1`
-            parsed = parse_url(url)
-            raw_path, raw_query = parsed.path or b"/", parsed.query or b""
-        if b"%" in raw_path:
-            path = unquote(raw_path)
+            try:
+                parsed = parse_url(url)
+                raw_path, raw_query = parsed.path or b"/", parsed.query or b""
+            except HttpParserError:
+                raw_path = raw_query = b""
+                refusal = "Bad request: malformed request target"
+        # Strictly UTF-8: two different keys must never decode to one string.
+        try:
+            path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            path = ""
+            refusal = _not_utf8("path:", exc)
+        if self._spill is None:
+            body = self._body
+            body = body[0] if len(body) == 1 else b"".join(body)
         else:
-            path = raw_path.decode("utf-8", "replace")
-        body = self._body
-        request = Request(method, path, raw_path, raw_query, self._headers,
-                          body[0] if len(body) == 1 else b"".join(body),
+            body = bytes(self._spill)
+            self._spill = None
+        request = Request(method, path, raw_path, raw_query, self._request_headers, body,
                           self._client, version)
+        # (_head_read and _chunk_open are back to 0/False: set at the end of the head or
+        # of the last chunk.)
+        if self._headers:  # trailers came
+            self._headers = {}
+            self._repeated = None
         self._reset_message()
         self._in_head = True
         if not keep_alive:
@@ -265,7 +520,10 @@ class HTTPProtocol(Protocol):
         http10 = version == "1.0"
         data = None
         try:
-            result = self._handler(request)
+            if refusal is not None:  # answered here: no handler sees an undecodable path
+                result = _text_response(400, refusal)
+            else:
+                result = self._handler(request)
             if iscoroutine(result):
                 result = Deferred.fromCoroutine(result)
             if not isinstance(result, Deferred):
@@ -429,25 +687,101 @@ class HTTPProtocol(Protocol):
         # Handlers parked on a watch drop it when their Deferred is cancelled.
         for deferred in pending:
             deferred.cancel()
+        if self._peer_key is not None:
+            self.factory.release(self._peer_key)
+            self._peer_key = None
+
+
+@implementer(IHalfCloseableProtocol)
+class _TooManyConnections(Protocol):
+    """Answers a connection over its client's limit with 429, then closes it.
+
+    (Consul 1.8.7 closes such a connection without a word; later versions answer 429,
+    which tells the client what happened.) The client's input is read and dropped for
+    a moment so the close does not turn into a reset that discards the answer."""
+
+    def __init__(self, reactor: Any, answer: bytes) -> None:
+        self._reactor = reactor
+        self._answer = answer
+        self._linger_call = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self._answer)
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        lose_write()
+        self._linger_call = self._reactor.callLater(_LINGER_SECONDS, self.transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._linger_call = None
 
 
 class HTTPFactory(Factory):
     """Builds an `HTTPProtocol` per connection and holds what they share:
-    the handler, the limits and the cached Date header."""
+    the handler, the limits, the connection count per client and the cached Date header."""
 
     protocol = HTTPProtocol
     noisy = False  # one log line per listening port is enough
 
     def __init__(self, handler: Callable[[Request], Response | Deferred],
                  reactor: Any, *, max_body: int = 8 * 1024 * 1024,
-                 max_header_bytes: int = 1024 * 1024, idle_timeout: float = 600.0) -> None:
+                 max_header_bytes: int = 1024 * 1024,
+                 max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
+                 max_conns_per_client: int = 0, idle_timeout: float = 600.0) -> None:
         self.handler = handler
         self.reactor = reactor
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
+        self.max_header_fields = max_header_fields
+        # Concurrent connections per client IP; 0 means no limit, as in Consul. May be
+        # changed at any time (a config reload): it applies to the next connection.
+        self.max_conns_per_client = max_conns_per_client
         self.idle_timeout = idle_timeout
+        self._conns: dict[str, int] = {}
         self._date_second = -1
         self._date_line = b""
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        host = getattr(addr, "host", None)  # None on a UNIX socket: no client IP to limit
+        if host is not None:
+            count = self._conns.get(host, 0)
+            limit = self.max_conns_per_client
+            if 0 < limit <= count:
+                answer = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: " + _TEXT
+                          + b"\r\nConnection: close\r\n")
+                body = _TOO_MANY_CONNS.format(limit).encode()
+                answer += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                return _TooManyConnections(self.reactor, answer)
+            self._conns[host] = count + 1
+        protocol = self.protocol()
+        protocol.factory = self
+        protocol._peer_key = host
+        return protocol
+
+    def release(self, host: str) -> None:
+        """A connection from `host` counted by buildProtocol has closed."""
+        count = self._conns.get(host, 0) - 1
+        if count > 0:
+            self._conns[host] = count
+        else:
+            self._conns.pop(host, None)
+
+    def connections(self, host: str) -> int:
+        """How many connections from `host` are open now."""
+        return self._conns.get(host, 0)
 
     def date_line(self) -> bytes:
         """The `Date: ...\\r\\n` header line, formatted at most once a second."""

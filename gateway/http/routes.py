@@ -26,9 +26,11 @@ class RouteTable:
         self._prefixes: list[Route] = []
 
     def add(self, path: str, methods: Iterable[str], handler: Callable[..., Any], *,
-            local: bool = False) -> None:
-        """`path` ending in "/" matches everything below it; the rest is the handler's `arg`."""
-        prefix = path.endswith("/")
+            local: bool = False, prefix: bool | None = None) -> None:
+        """`path` ending in "/" matches everything below it; the rest is the handler's `arg`.
+        `prefix=False` makes such a path exact (`/` itself)."""
+        if prefix is None:
+            prefix = path.endswith("/")
         route = Route(path, methods, handler, prefix, local)
         if prefix:
             self._prefixes.append(route)
