@@ -33,6 +33,10 @@ from agent.structs import Session
 
 txaio.use_twisted()
 
+# Consul's leader retries a failed TTL invalidation (maxInvalidateAttempts, invalidateRetryBase).
+MAX_INVALIDATE_ATTEMPTS = 6
+INVALIDATE_RETRY = 10.0
+
 
 def _go_seconds(seconds: float) -> str:
     """Go's Duration.String() for the whole numbers of seconds used in messages."""
@@ -193,11 +197,27 @@ class SessionManager:
             return
         self._timers[session.id] = self._reactor.callLater(delay, self._expired, session.id)
 
-    def _expired(self, session_id: str) -> None:
+    def _expired(self, session_id: str, attempt: int = 1) -> None:
         self._timers.pop(session_id, None)
-        if session_id not in self._store.sessions.sessions:
+        if not self.running or session_id not in self._store.sessions.sessions:
             return
-        self.log.info("session {sid} expired: its TTL passed without a renewal", sid=session_id)
-        d = self._write(SessionDestroy(session_id))
-        d.addErrback(lambda f: self.log.failure("invalidating session {sid} failed", f,
-                                                sid=session_id))
+        if attempt == 1:
+            self.log.info("session {sid} expired: its TTL passed without a renewal",
+                          sid=session_id)
+        try:
+            d = self._write(SessionDestroy(session_id))
+        except Exception:  # noqa: BLE001 - handled like a failed write below
+            d = fail()
+        d.addErrback(self._invalidation_failed, session_id, attempt)
+
+    def _invalidation_failed(self, failure, session_id: str, attempt: int) -> None:
+        """As Consul's leader: retry a failed invalidation a few times, then give up loudly."""
+        if attempt >= MAX_INVALIDATE_ATTEMPTS:
+            self.log.failure("invalidating session {sid} failed {n} times; giving up",
+                             failure, sid=session_id, n=attempt)
+            return
+        self.log.failure("invalidating session {sid} failed; retrying in {delay}s", failure,
+                         sid=session_id, delay=INVALIDATE_RETRY)
+        if self.running and session_id not in self._timers:
+            self._timers[session_id] = self._reactor.callLater(
+                INVALIDATE_RETRY, self._expired, session_id, attempt + 1)

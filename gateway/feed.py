@@ -43,7 +43,9 @@ class _Subscriber:
             return
         self.dirty = False
         self.busy = True
-        d = maybeDeferred(self.callback, *self.make_args())
+        # make_args runs inside the Deferred too: a view that fails to build is logged like a
+        # failing plugin, and the next change is delivered as usual.
+        d = maybeDeferred(lambda: self.callback(*self.make_args()))
         d.addErrback(lambda f: self.log.failure("plugin callback failed", failure=f))
         d.addBoth(self._done)
 

@@ -134,7 +134,11 @@ class PluginHost:
 
     def _deliver(self, store, datacenter: str) -> None:
         self._scheduled = False
-        view = build_catalog_view(store, datacenter)
+        try:
+            view = build_catalog_view(store, datacenter)
+        except Exception:  # noqa: BLE001 - the next change builds a new view and delivers it
+            self.log.failure("building the catalog view for plugins failed")
+            return
         for impl in self._impls("waypost_catalog_changed"):
             self._offer(impl, view)
 

@@ -236,3 +236,78 @@ def test_a_failed_write_after_a_ttl_expiry_is_logged_not_left_unhandled():
         clock.advance(5)
     assert local.checks["t"].check.status == "critical"
     assert any("local state write failed" in (e.get("log_format") or "") for e in events)
+
+
+def test_a_configured_watch_survives_an_answer_it_cannot_read():
+    """A watch whose answer does not parse (or carries a bad index) waits and asks again."""
+    from gateway.http.protocol import Response
+    from gateway.watch.runner import RETRY, Watch
+
+    clock = task.Clock()
+    answers = [Response(200, b"not json", [(b"X-Consul-Index", b"5")]),
+               Response(200, b"[]", [(b"X-Consul-Index", b"not a number")])]
+    asked = []
+
+    def api(request):
+        asked.append(request)
+        return answers.pop(0) if answers else Deferred()
+
+    watch = Watch({"type": "keyprefix", "prefix": "app/", "handler": "true"}, api, clock)
+    with capturedLogs():
+        watch.start()
+        assert len(asked) == 1 and watch.failures == 1
+        clock.advance(RETRY)
+        assert len(asked) == 2 and watch.failures == 2
+        clock.advance(RETRY)
+    assert len(asked) == 3 and watch.running
+    watch.stop()
+
+
+def test_a_session_ttl_invalidation_that_fails_is_retried():
+    """The TTL timer of a session survives a write that raises: Consul's leader retries."""
+    from agent.fsm.apply import FSM
+    from agent.sessions import INVALIDATE_RETRY, SessionManager
+    from agent.single_server import SingleServerLog
+    from agent.state.store import StateStore
+    from agent.fsm.commands import Register, SessionDestroy
+    from agent.structs import Check, Node
+
+    clock = task.Clock()
+    store = StateStore()
+    log = SingleServerLog(FSM(store))
+    log.apply(Register(node=Node("n1", "10.0.0.1"),
+                       checks=(Check(node="n1", check_id="serfHealth", name="serf",
+                                     status="passing"),)))
+    destroys = Flaky(log.apply, failures=2, error=emfile)
+
+    def write(command):
+        return destroys(command) if isinstance(command, SessionDestroy) else log.apply(command)
+    sessions = SessionManager(clock, store, write, lambda: "n1")
+    sessions.start()
+    created = []
+    sessions.create(ttl=10.0).addCallback(created.append)
+    session_id = created[0]
+    with capturedLogs():
+        clock.advance(20.0)  # TTL x 2: the first invalidation raises
+        assert session_id in store.sessions.sessions
+        clock.advance(INVALIDATE_RETRY)  # the second fails too
+        assert session_id in store.sessions.sessions
+        clock.advance(INVALIDATE_RETRY)  # the third goes through
+    assert session_id not in store.sessions.sessions
+    sessions.stop()
+
+
+def test_a_plugin_view_that_fails_to_build_does_not_stop_later_deliveries():
+    from gateway.feed import _Subscriber
+
+    clock = task.Clock()
+    got = []
+    views = Flaky(lambda: (len(got),), failures=1, error=lambda: ValueError("broken view"))
+    sub = _Subscriber(clock, got.append, views)
+    with capturedLogs() as events:
+        sub.poke()
+        clock.advance(0)
+    assert got == [] and any("plugin callback failed" in str(e.get("log_format")) for e in events)
+    sub.poke()
+    clock.advance(0)
+    assert got == [0]

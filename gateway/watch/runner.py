@@ -59,6 +59,7 @@ class Watch:
         self.reactor = reactor
         self.running = False
         self.invocations = 0
+        self.failures = 0  # queries that failed or gave an answer the watch could not read
         self._pending = None
         self._timer = None
 
@@ -77,34 +78,39 @@ class Watch:
     def _loop(self):
         index, last = 0, None
         while self.running:
-            path, raw = self.plan.target(index)
-            if index:
-                raw += b"&wait=" + WAIT.encode()
             try:
-                self._pending = maybeDeferred(self.api, Request(method="GET", path=path, raw_query=raw))
-                response = yield self._pending
-            except Exception as exc:  # noqa: BLE001 - cancelled on stop, or a transient failure
+                index, seen, value, changed = yield self._step(index, last)
+            except Exception as exc:  # noqa: BLE001 - one bad answer must not end the watch
                 if not self.running:
                     return
+                self.failures += 1
                 self.log.warn("watch {type}: query failed: {exc}", type=self.plan.type, exc=exc)
                 yield self._sleep(RETRY)
                 continue
-            finally:
-                self._pending = None
-            if response.status not in (200, 404):
-                self.log.warn("watch {type}: agent answered {status}", type=self.plan.type,
-                              status=response.status)
-                yield self._sleep(RETRY)
-                continue
-            headers = dict(response.headers)
-            new_index = int(headers.get(b"X-Consul-Index", b"0"))
-            value = self.plan.shape(response.status, response.body)
-            index = new_index if new_index >= index else 0
-            current = canonical(value)
-            if current == last:
-                continue
-            last = current
-            yield self._invoke(value, new_index)
+            if changed:
+                last = canonical(value)
+                yield self._invoke(value, seen)
+
+    @inlineCallbacks
+    def _step(self, index: int, last):
+        """One blocking query: (next index to block on, the index answered, the shaped value,
+        whether it differs from `last`)."""
+        path, raw = self.plan.target(index)
+        if index:
+            raw += b"&wait=" + WAIT.encode()
+        try:
+            self._pending = maybeDeferred(self.api, Request(method="GET", path=path, raw_query=raw))
+            response = yield self._pending
+        finally:
+            self._pending = None
+        if response.status not in (200, 404):
+            raise WatchError(f"agent answered {response.status}")
+        headers = dict(response.headers)
+        new_index = int(headers.get(b"X-Consul-Index", b"0"))
+        value = self.plan.shape(response.status, response.body)
+        # An index that went backwards (a restore) starts the watch over, as Consul's does.
+        next_index = new_index if new_index >= index else 0
+        return next_index, new_index, value, canonical(value) != last
 
     def _sleep(self, seconds: float) -> Deferred:
         d = Deferred()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import txaio
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from gateway.hookspecs import CatalogFeed, CatalogView, hookimpl
 from plugins.nginx.apply import NginxApplier
@@ -127,17 +127,21 @@ class NginxService(Service):
             self._spacing_timer = self.reactor.callLater(delay, self._kick)
             return
         view, self._latest = self._latest, None
+        # A render that raises is logged like a failed apply; the next change tries again.
+        d = maybeDeferred(self._render_and_apply, view)
+        d.addErrback(lambda f: self.log.failure("nginx apply failed", failure=f))
+        d.addBoth(self._done)
+        if self._running is None and not d.called:
+            self._running = d
+
+    def _render_and_apply(self, view: Any) -> Deferred:
         rendered = render_upstreams(view, self.services, self.passing_only)
         self.renders += 1
         if rendered.skipped != self._last_skipped:
             self._last_skipped = rendered.skipped
             for reason in rendered.skipped:
                 self.log.warn("nginx upstreams: left out {reason}", reason=reason)
-        d = self.applier.apply(rendered.text)
-        d.addErrback(lambda f: self.log.failure("nginx apply failed", failure=f))
-        d.addBoth(self._done)
-        if self._running is None and not d.called:
-            self._running = d
+        return self.applier.apply(rendered.text)
 
     def _done(self, _: Any) -> None:
         self._running = None
