@@ -563,3 +563,19 @@ def test_new_agent_flags_map_to_config_keys():
     assert flags["start_join_wan"] == ["10.0.0.1"] and values.config_format == "hcl"
     out = waypost_agent("-dev", "-node-meta", "novalue")
     assert_one_line_refusal(out, "-node-meta: 'novalue' is not key:value")
+
+
+def test_the_node_id_is_kept_in_the_data_dir(tmp_path):
+    """Without node_id, the first start writes data_dir/node-id and later starts reuse it."""
+    from agent.config.load import build_config
+    from agent.config.validate import ConfigError
+
+    first = build_config([], {"data_dir": str(tmp_path)}, dev=False)
+    assert (tmp_path / "node-id").read_text() == first.node_id
+    assert build_config([], {"data_dir": str(tmp_path)}, dev=False).node_id == first.node_id
+    configured = "00000000-0000-0000-0000-00000000000a"
+    assert build_config([], {"data_dir": str(tmp_path), "node_id": configured},
+                        dev=False).node_id == configured
+    (tmp_path / "node-id").write_text("not-a-uuid")
+    with pytest.raises(ConfigError, match="node-id.*not a UUID"):
+        build_config([], {"data_dir": str(tmp_path)}, dev=False)

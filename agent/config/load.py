@@ -30,7 +30,6 @@ or the JSON pointer (a value). `load_agent_config` re-reads everything, so a rel
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 from agent.config import addresses
 from agent.config.interfaces import IfAddr, system_interfaces
+from agent.config.node_id import resolve_node_id
 from agent.config.model import DEFAULT_LIMITS, AgentConfig, DNSConfig, Ports, SOAConfig
 from agent.config.read import EmptyFile, file_format, read_file
 from agent.config.safety import check_safety
@@ -253,7 +253,7 @@ def _build(c: Mapping[str, Any], dev: bool, where: Mapping[str, Any]) -> AgentCo
     enable_script_checks = c.get("enable_script_checks", False)
     return AgentConfig(
         node_name=c.get("node_name") or socket.gethostname(),
-        node_id=c.get("node_id") or str(uuid.uuid4()),
+        node_id=resolve_node_id(c.get("node_id", ""), c.get("data_dir", "")),
         datacenter=c.get("datacenter", "dc1"),
         domain=c.get("domain", "consul."),
         alt_domain=c.get("alt_domain", ""),
