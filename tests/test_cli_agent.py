@@ -207,6 +207,8 @@ def test_check_runs_leave_no_library_chatter_and_syncs_are_logged():
     assert "Synced service: service=web" in log
     assert "Synced check: check=service:web" in log  # it turned passing
     assert "Deregistered service: service=web" in log
+    assert re.search(r"Started HTTP server: address=127\.0\.0\.1:\d+ network=tcp", log), log
+    assert re.search(r"Started DNS server: address=127\.0\.0\.1:\d+ network=udp", log), log
     assert len(log.splitlines()) < 20, log
 
 

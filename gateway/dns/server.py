@@ -217,6 +217,8 @@ class DNSDatagramProtocol(DatagramProtocol):
 class DNSService(Service):
     """Listens on UDP and TCP; the port numbers are known after start (port 0 in tests)."""
 
+    log = txaio.make_logger()
+
     def __init__(self, controller: DNSController, reactor, host: str, port: int, *,
                  tcp_idle: float = TCP_IDLE,
                  tcp_max_connections: int = TCP_MAX_CONNECTIONS) -> None:
@@ -252,6 +254,10 @@ class DNSService(Service):
                     raise
         if self.controller.forwarder is not None:
             self.controller.forwarder.start()
+        for network, listening in (("udp", self.udp_port), ("tcp", self.tcp_port)):
+            host = listening.getHost()
+            self.log.info("Started DNS server: address={host}:{port} network={network}",
+                          host=host.host, port=host.port, network=network)
         super().startService()
 
     def stopService(self):

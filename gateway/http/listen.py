@@ -194,6 +194,8 @@ class HTTPListenerService(StreamServerEndpointService):
     """The listening service of the HTTP API; checks the addresses before it listens, so a
     bad one stops start-up with a clear message instead of leaving an agent half up."""
 
+    log = txaio.make_logger()
+
     def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, config: Any) -> None:
         super().__init__(endpoint, factory)
         self._config = config
@@ -203,3 +205,13 @@ class HTTPListenerService(StreamServerEndpointService):
     def startService(self) -> None:
         check_dns_address(self._config)
         super().startService()
+        # As Consul's agent says it; Twisted's own "starting on" line is a library detail.
+        port = getattr(self, "_waitingForPort", None)
+        listening = getattr(port, "result", None)
+        if listening is not None:
+            host = listening.getHost()
+            address = (f"{host.host}:{host.port}" if hasattr(host, "port")
+                       else getattr(host, "name", str(host)))
+            network = "tcp" if hasattr(host, "port") else "unix"
+            self.log.info("Started HTTP server: address={address} network={network}",
+                          address=address, network=network)
