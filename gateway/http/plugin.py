@@ -80,6 +80,7 @@ def build_routes() -> RouteTable:
     t.add("/v1/health/service/", GET, health.service)
     t.add("/v1/health/state/", GET, health.state)
     t.add("/v1/agent/self", GET, agent.self_info, local=True)
+    t.add("/v1/waypost/self", GET, agent.waypost_self, local=True)
     t.add("/v1/agent/members", GET, agent.members, local=True)
     t.add("/v1/agent/services", GET, agent.services, local=True)
     t.add("/v1/agent/service/register", PUT, agent.register_service, local=True)

@@ -27,8 +27,14 @@ HEALTH_CODES = {structs.PASSING: 200, structs.WARNING: 429, structs.CRITICAL: 50
 
 
 def self_info(facade, request, params, arg):
-    extra = {"Waypost": {"Version": WAYPOST_VERSION, "Plugins": facade.plugin_names()}}
-    return encode_self.agent_self(facade.config, VERSION, facade.members(), facade.stats(), extra)
+    # Exactly Consul's keys: clients compare the key set, so Waypost's own facts live apart.
+    return encode_self.agent_self(facade.config, VERSION, facade.members(), facade.stats(), {})
+
+
+def waypost_self(facade, request, params, arg):
+    """/v1/waypost/self: what only Waypost has (its version, the plugins it loaded)."""
+    return {"Version": WAYPOST_VERSION, "ConsulVersion": VERSION,
+            "Plugins": facade.plugin_names()}
 
 
 def members(facade, request, params, arg):
