@@ -240,7 +240,7 @@ def test_a_failed_write_after_a_ttl_expiry_is_logged_not_left_unhandled():
 
 def test_a_configured_watch_survives_an_answer_it_cannot_read():
     """A watch whose answer does not parse (or carries a bad index) waits and asks again."""
-    from gateway.http.protocol import Response
+    from gateway.http.request import Response
     from gateway.watch.runner import RETRY, Watch
 
     clock = task.Clock()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from agent.errors import InvalidRequest
 from gateway.http.decode import MAX_DEPTH, json_body, parse_uint64
-from gateway.http.protocol import Request
+from gateway.http.request import Request
 
 REGISTER = "/v1/agent/service/register"
 CHECK_REGISTER = "/v1/agent/check/register"

@@ -42,7 +42,8 @@ from gateway.http.listen import (
     http_endpoint,
     listen_backlog,
 )
-from gateway.http.protocol import HTTPFactory, Request, Response, redact_query
+from gateway.http.protocol import HTTPFactory
+from gateway.http.request import Request, Response, redact_query
 from tests.agentproc import ROOT, AgentProcess
 from tests.test_http_protocol import GET, Harness, HalfCloseTransport
 

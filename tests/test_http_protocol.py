@@ -15,7 +15,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from gateway.http.protocol import HTTPFactory, HTTPProtocol, Request, Response
+from gateway.http.protocol import HTTPFactory, HTTPProtocol
+from gateway.http.request import Request, Response
 
 DATE_RE = re.compile(rb"^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT$")
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent.errors import InvalidRequest
 from gateway.http.decode import json_body, parse_uint64
-from gateway.http.protocol import Request
+from gateway.http.request import Request
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 HUGE = "9" * 5000  # past Python's 4,300-digit int-string limit

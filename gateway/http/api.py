@@ -24,7 +24,7 @@ from agent.errors import (
 )
 from gateway.http import encode
 from gateway.http.params import parse_query_params
-from gateway.http.protocol import Request, Response
+from gateway.http.request import Request, Response
 from gateway.http.results import EMPTY, MISSING, Raw, Read
 from gateway.http.routes import RouteTable
 

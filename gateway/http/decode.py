@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from agent.errors import InvalidRequest
-from gateway.http.protocol import Request
+from gateway.http.request import Request
 
 # Nesting deeper than this is refused. No Consul body comes near it, and it keeps json.loads,
 # key normalisation, schema validation and error messages well inside Python's recursion limit.

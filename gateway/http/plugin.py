@@ -14,7 +14,8 @@ from gateway.http.handlers import agent, catalog, health, kv, maintenance, statu
 from gateway.http.handlers import etcd
 from gateway.http.handlers import session, txn
 from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
-from gateway.http.protocol import HTTPFactory, Request, Response
+from gateway.http.protocol import HTTPFactory
+from gateway.http.request import Request, Response
 from gateway.http.routes import RouteTable
 
 GET, PUT, DELETE = ("GET", "HEAD"), ("PUT",), ("DELETE",)

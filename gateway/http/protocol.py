@@ -19,13 +19,11 @@ response.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from inspect import iscoroutine
 from typing import Any, Callable
-from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 import txaio
 from httptools import (
@@ -41,11 +39,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from agent.errors import InvalidRequest
+from gateway.http.request import (
+    TEXT,
+    Request,
+    Response,
+    decode_path,
+    escape_request_line,
+    text_response,
+)
 
 txaio.use_twisted()
 
-__all__ = ["Request", "Response", "HTTPFactory", "HTTPProtocol"]
+__all__ = ["HTTPFactory", "HTTPProtocol"]
 
 # Constant tables, built once.
 _STATUS_LINES = {
@@ -55,7 +60,6 @@ _METHODS = {m.encode(): m for m in ("GET", "PUT", "POST", "DELETE", "HEAD", "OPT
 # These statuses never carry a body, so they get no Content-Length either (RFC 9110 8.6).
 _NO_BODY_STATUSES = frozenset({100, 101, 102, 103, 204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TEXT = b"text/plain; charset=utf-8"
 _BODY_TOO_LARGE = "Request body too large, max size: {} bytes"
 _HEAD_TOO_LARGE = "Request header fields too large, max size: {} bytes"
 _TOO_MANY_FIELDS = "Request header fields too large, max count: {} fields"
@@ -76,149 +80,12 @@ _HOLD_MIN = 4096
 # Up to this many body pieces are kept as a list (no copy for the usual single
 # piece); beyond it, say a body sent as 1-byte chunks, they spill into one buffer.
 _MAX_BODY_PARTS = 32
-_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 # The header names clients send most, as they spell them, to their lower-case key: one
 # dict lookup instead of a decode and a lower() per field. Others are decoded.
 _HEADER_NAMES = {spelling.encode(): spelling.lower() for name in (
     "Host", "User-Agent", "Accept", "Accept-Encoding", "Content-Type", "Content-Length",
     "Connection", "X-Consul-Token", "Authorization", "Expect", "Transfer-Encoding",
     "X-Forwarded-For", "Keep-Alive", "Cache-Control") for spelling in (name, name.lower())}
-
-
-def _not_utf8(what: str, exc: UnicodeDecodeError) -> str:
-    """A 400 message naming the first byte that is not UTF-8 once percent-decoded, by its
-    offset in the decoded bytes and the text before it (the same however it was escaped)."""
-    at = exc.start
-    detail = f"byte 0x{exc.object[at]:02x} at offset {at}"
-    if at:
-        before = exc.object[:at].decode("utf-8")  # valid up to the bad byte by definition
-        if len(before) > 40:
-            before = "..." + before[-40:]
-        detail += f', after "{before}"'
-    return f"Invalid URL {what} not valid UTF-8 ({detail})"
-
-
-def _query_error(raw: bytes) -> InvalidRequest:
-    """The 400 for a query some field of which is not UTF-8: finds that field again."""
-    for field in raw.split(b"&"):
-        name, _, value = field.partition(b"=")
-        try:
-            name_text = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return InvalidRequest(_not_utf8("query: a field name is", exc))
-        try:
-            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return InvalidRequest(_not_utf8(f'query: the value of "{name_text}" is', exc))
-    return InvalidRequest("Invalid URL query: not valid UTF-8")
-
-
-def _escape_request_line(data: bytes, at_start: bool) -> bytes:
-    """`data` with the bytes >= 0x80 of its first line percent-encoded.
-
-    llhttp refuses them in a request target, Go (and so Consul) takes raw UTF-8 there: this
-    makes `PUT /v1/kv/ключ` sent unencoded the same request as its %-encoded form, whose
-    decoded path is byte for byte the same. Only the request line is touched, never a header
-    or the body. `at_start`: the request line starts in `data` (after optional blank lines)."""
-    start = 0
-    if at_start:
-        while start < len(data) and data[start] in b"\r\n":
-            start += 1
-    end = data.find(b"\n", start)
-    if end < 0:
-        end = len(data)
-    if data[:end].isascii():
-        return data
-    return _HIGH_BYTE.sub(_percent_encode, data[:end]) + data[end:]
-
-
-def _percent_encode(match: re.Match) -> bytes:
-    return b"%%%02X" % match.group()[0]
-
-
-def redact_query(raw_query: bytes) -> bytes:
-    """`raw_query` with the value of every `token` field replaced by `<hidden>`, as Consul
-    logs it. The field name is compared after percent-decoding (`%74oken` is `token` too)."""
-    if b"oken" not in raw_query and b"%" not in raw_query:
-        return raw_query
-    fields = raw_query.split(b"&")
-    for i, field in enumerate(fields):
-        name = field.split(b"=", 1)[0]
-        if unquote_to_bytes(name.replace(b"+", b" ")) == b"token":
-            fields[i] = name + b"=<hidden>"
-    return b"&".join(fields)
-
-
-class Request:
-    """One parsed HTTP request, as the protocol hands it to the handler."""
-
-    __slots__ = ("method", "path", "raw_path", "raw_query", "headers", "body",
-                 "client", "http_version", "_query")
-
-    def __init__(self, method: str = "GET", path: str = "/", raw_path: bytes | None = None,
-                 raw_query: bytes = b"", headers: dict[str, str] | None = None,
-                 body: bytes = b"", client: tuple[str, int] | None = None,
-                 http_version: str = "1.1",
-                 query: dict[str, list[str]] | None = None) -> None:
-        self.method = method
-        self.path = path
-        self.raw_path = quote(path).encode("ascii") if raw_path is None else raw_path
-        self.raw_query = raw_query
-        self.headers = {} if headers is None else headers
-        self.body = body
-        self.client = client
-        self.http_version = http_version
-        self._query = query
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        """The query fields. Parsed on first use (most cached reads never look at it);
-        raises InvalidRequest (a 400) if a field is not UTF-8 once percent-decoded."""
-        query = self._query
-        if query is None:
-            raw = self.raw_query
-            if raw:
-                try:
-                    query = parse_qs(raw.decode("utf-8"), keep_blank_values=True,
-                                     errors="strict")
-                except UnicodeDecodeError:
-                    raise _query_error(raw) from None
-            else:
-                query = {}
-            self._query = query
-        return query
-
-    @query.setter
-    def query(self, value: dict[str, list[str]]) -> None:
-        self._query = value
-
-    def __repr__(self) -> str:
-        # Reaches the log when a handler fails: never with the client's token.
-        return f"<Request {self.method} {self.raw_path!r} {redact_query(self.raw_query)!r}>"
-
-
-class Response:
-    """What a handler returns. `headers` are extra (name, value) byte pairs;
-    the protocol adds the status line, Date, Content-Length and Connection.
-    A Response is never mutated by the protocol, so one can be shared by many
-    requests."""
-
-    __slots__ = ("status", "body", "headers", "content_type")
-
-    def __init__(self, status: int = 200, body: bytes = b"",
-                 headers: list[tuple[bytes, bytes]] | None = None,
-                 content_type: bytes | None = b"application/json") -> None:
-        self.status = status
-        self.body = body
-        self.headers = [] if headers is None else headers
-        self.content_type = content_type
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
-
-
-def _text_response(status: int, message: str) -> Response:
-    return Response(status, message.encode("utf-8", "replace"), content_type=_TEXT)
 
 
 class _Reject(Exception):
@@ -331,7 +198,7 @@ class HTTPProtocol(Protocol):
             # pipelined one after another in the same read cannot be found again: 400).
             escaped = data
             if fresh and self._head_read == len(data):
-                escaped = _escape_request_line(data, True)
+                escaped = escape_request_line(data, True)
             if escaped is not data:
                 self._restart_parser()
                 self.dataReceived(escaped)
@@ -389,7 +256,7 @@ class HTTPProtocol(Protocol):
         self._held_len = 0
         data = held[0] if len(held) == 1 else b"".join(held)
         if self._in_head and self._line_open and not data.isascii():
-            data = _escape_request_line(data, False)
+            data = escape_request_line(data, False)
             self._line_open = data.find(b"\n") < 0
         return data
 
@@ -494,11 +361,9 @@ class HTTPProtocol(Protocol):
                 raw_path = raw_query = b""
                 refusal = "Bad request: malformed request target"
         # Strictly UTF-8: two different keys must never decode to one string.
-        try:
-            path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            path = ""
-            refusal = _not_utf8("path:", exc)
+        path, problem = decode_path(raw_path)
+        if problem is not None:
+            refusal = problem
         if self._spill is None:
             body = self._body
             body = body[0] if len(body) == 1 else b"".join(body)
@@ -521,7 +386,7 @@ class HTTPProtocol(Protocol):
         data = None
         try:
             if refusal is not None:  # answered here: no handler sees an undecodable path
-                result = _text_response(400, refusal)
+                result = text_response(400, refusal)
             else:
                 result = self._handler(request)
             if iscoroutine(result):
@@ -530,7 +395,7 @@ class HTTPProtocol(Protocol):
                 data = self._encode(result, head, keep_alive, http10)
         except Exception as exc:
             self.log.failure("HTTP handler failed for {request}", request=request)
-            data = self._encode(_text_response(500, str(exc)), head, keep_alive, http10)
+            data = self._encode(text_response(500, str(exc)), head, keep_alive, http10)
         if data is not None:
             if self._queue:
                 self._queue.append(_Slot(data, not keep_alive))
@@ -559,7 +424,7 @@ class HTTPProtocol(Protocol):
         except Exception as exc:
             self.log.failure("HTTP handler for {request} gave {result!r}",
                              request=request, result=result)
-            slot.data = self._encode(_text_response(500, str(exc)), *slot.shape)
+            slot.data = self._encode(text_response(500, str(exc)), *slot.shape)
         self._flush()
 
     def _on_failure(self, failure: Failure, slot: _Slot, request: Request) -> None:
@@ -570,7 +435,7 @@ class HTTPProtocol(Protocol):
                                  failure=failure, request=request)
             return
         self.log.failure("HTTP handler failed for {request}", failure=failure, request=request)
-        slot.data = self._encode(_text_response(500, str(failure.value)), *slot.shape)
+        slot.data = self._encode(text_response(500, str(failure.value)), *slot.shape)
         self._flush()
 
     def _encode(self, response: Response, head: bool, keep_alive: bool, http10: bool) -> bytes:
@@ -629,7 +494,7 @@ class HTTPProtocol(Protocol):
         """Answer a request we cannot parse or accept, then close."""
         self._closing = True
         self._error = None
-        self._emit(self._encode(_text_response(status, message), False, False, False), True)
+        self._emit(self._encode(text_response(status, message), False, False, False), True)
 
     def _close(self) -> None:
         self._closing = True
@@ -760,7 +625,7 @@ class HTTPFactory(Factory):
             count = self._conns.get(host, 0)
             limit = self.max_conns_per_client
             if 0 < limit <= count:
-                answer = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: " + _TEXT
+                answer = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: " + TEXT
                           + b"\r\nConnection: close\r\n")
                 body = _TOO_MANY_CONNS.format(limit).encode()
                 answer += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)

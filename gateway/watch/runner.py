@@ -21,7 +21,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from gateway.http.protocol import Request
+from gateway.http.request import Request
 from gateway.watch.plan import WatchError, canonical, make_plan
 
 txaio.use_twisted()

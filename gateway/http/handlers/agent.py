@@ -15,7 +15,7 @@ from agent.facade import (
 from gateway.http import encode, encode_self
 from gateway.http.api import VARY
 from gateway.http.decode import flag, json_body
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 from gateway.http.results import EMPTY
 
 # Consul's maintenance-mode check IDs: such a check makes the aggregate "maintenance".

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from gateway.http.handlers.etcd_keys import headers, keys, member_id
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 from gateway.http.routes import RouteTable
 
 __all__ = ["CLUSTER_VERSION", "SERVER_VERSION", "add_routes"]

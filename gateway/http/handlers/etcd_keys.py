@@ -28,7 +28,7 @@ from agent.structs import KVEntry
 from gateway.http.decode import parse_uint64
 from gateway.http.handlers.etcd_tree import Tree, clean_key, etcd_key, kv_key, shown
 from gateway.http.handlers.etcd_ttl import ABSENT, INDEX, NONE, TTLKeys
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 
 __all__ = ["EtcdError", "cluster_id", "headers", "keys", "member_id"]
 

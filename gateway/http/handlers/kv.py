@@ -11,7 +11,7 @@ from agent.structs import KVEntry
 from gateway.http.api import TEXT, VARY
 from gateway.http.decode import flag, parse_uint64
 from gateway.http.encode import kv as encode_kv
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 from gateway.http.results import MISSING, Raw, Read
 
 KVS = "kvs"

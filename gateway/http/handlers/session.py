@@ -18,7 +18,7 @@ from agent.structs import SERF_CHECK_ID, ServiceCheck
 from gateway.http.api import TEXT, VARY
 from gateway.http.decode import UINT64_LIMIT, json_body
 from gateway.http.encode import go_duration
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 from gateway.http.results import Read
 
 LOCK_DELAY_MIN_THRESHOLD = 1000  # Consul: a LockDelay below 1000ns is taken as seconds

@@ -20,7 +20,7 @@ from agent.structs import KVEntry
 from gateway.http import encode
 from gateway.http.api import TEXT, VARY
 from gateway.http.decode import UINT64_LIMIT, json_body
-from gateway.http.protocol import Response
+from gateway.http.request import Response
 
 PARSE_FAILED = "Failed to parse body: "
 TXN_MAX_REQ_LEN = 512 * 1024  # Consul's default limits.txn_max_req_len
