@@ -18,6 +18,8 @@ from agent.definitions import (CatalogDeregistration, CatalogRegistration, Check
                                parse_service_definition)
 from agent.durations import parse_duration
 from agent.errors import UnknownDatacenter
+from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, SERVICE_NODE,
+                          Field, Filter, FilterError, compile_filter)
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 Txn)
 from agent.local.state import LocalState
@@ -41,6 +43,8 @@ __all__ = [
     "CatalogRegistration", "CatalogDeregistration", "CheckSpec", "ServiceDefinition",
     "parse_service_definition", "parse_check_definition", "parse_catalog_register",
     "parse_catalog_deregister", "parse_duration", "is_healthy", "WatchHandle",
+    "Field", "Filter", "FilterError", "compile_filter", "NODE", "NODE_SERVICE", "SERVICE_NODE",
+    "HEALTH_CHECK", "CHECK_SERVICE_NODE",
 ]
 
 

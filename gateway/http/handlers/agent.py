@@ -7,6 +7,8 @@ import hashlib
 from agent import structs
 from agent.errors import InvalidRequest, NotFound
 from agent.facade import (
+    HEALTH_CHECK,
+    NODE_SERVICE,
     VERSION,
     WAYPOST_VERSION,
     parse_check_definition,
@@ -15,6 +17,7 @@ from agent.facade import (
 from gateway.http import encode, encode_self
 from gateway.http.api import VARY
 from gateway.http.decode import flag, json_body
+from gateway.http.handlers.catalog import expression
 from gateway.http.request import Response
 from gateway.http.results import EMPTY
 
@@ -47,7 +50,9 @@ def members(facade, request, params, arg):
 
 
 def services(facade, request, params, arg):
-    return {sid: encode.agent_service(s) for sid, s in sorted(facade.local.services.items())}
+    services_filter = expression(request, NODE_SERVICE)  # api.AgentService: the same fields
+    found = {sid: encode.agent_service(s) for sid, s in sorted(facade.local.services.items())}
+    return found if services_filter is None else services_filter.select_values(found)
 
 
 def service(facade, request, params, service_id: str):
@@ -113,8 +118,11 @@ def health_service_by_name(facade, request, params, name: str):
 
 
 def checks(facade, request, params, arg):
-    return {cid: encode.check(lc.check, with_indexes=False)
-            for cid, lc in sorted(facade.local.checks.items())}
+    # As Consul: selectors and values are checked only once there is a check to filter.
+    checks_filter = expression(request, HEALTH_CHECK, lazy=True)
+    found = {cid: encode.check(lc.check, with_indexes=False)
+             for cid, lc in sorted(facade.local.checks.items())}
+    return found if checks_filter is None else checks_filter.select_values(found)
 
 
 def register_service(facade, request, params, arg):

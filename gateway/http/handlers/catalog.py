@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from agent.errors import InvalidRequest
 from agent.facade import (
+    NODE,
+    NODE_SERVICE,
+    SERVICE_NODE,
     Deregister,
+    Field,
+    Filter,
     Register,
+    compile_filter,
     parse_catalog_deregister,
     parse_catalog_register,
 )
@@ -24,6 +30,17 @@ def node_meta_filter(request) -> dict[str, str]:
         key, _, value = item.partition(":")
         wanted[key] = value
     return wanted
+
+
+def expression(request, schema: Field, lazy: bool = False) -> Filter | None:
+    """`?filter=`: Consul's bexpr expression over the result's rows; None without one.
+    A bad expression is a FilterError (400) here, before any read runs."""
+    values = request.query.get("filter")
+    return compile_filter(values[0], schema, lazy) if values else None
+
+
+def filtered(rows_filter: Filter | None, rows: list) -> list:
+    return rows if rows_filter is None else rows_filter.select(rows)
 
 
 def require(name: str, message: str) -> None:
@@ -53,10 +70,11 @@ def datacenters(facade, request, params, arg):
 
 def nodes(facade, request, params, arg):
     meta = node_meta_filter(request)
+    rows_filter = expression(request, NODE)
 
     def run(store):
-        return (store.catalog.table_index["nodes"],
-                [encode.node(n) for n in store.catalog.node_list(meta)])
+        rows = [encode.node(n) for n in store.catalog.node_list(meta)]
+        return store.catalog.table_index["nodes"], filtered(rows_filter, rows)
     return Read(run, tables=("nodes",), consistency_header=True)
 
 
@@ -82,17 +100,19 @@ def service(facade, request, params, name: str):
     require(name, "Missing service name")
     tags = request.query.get("tag", ())
     meta = node_meta_filter(request)
+    rows_filter = expression(request, SERVICE_NODE)
 
     def run(store):
         catalog = store.catalog
         rows = [encode.catalog_service(n, s)
                 for n, s in catalog.service_instances(name, tags, meta)]
-        return catalog.max_service_index(name), rows
+        return catalog.max_service_index(name), filtered(rows_filter, rows)
     return Read(run, tables=CATALOG, consistency_header=True)
 
 
 def node(facade, request, params, name: str):
     require(name, "Missing node name")
+    services_filter = expression(request, NODE_SERVICE)
 
     def run(store):
         catalog = store.catalog
@@ -100,7 +120,9 @@ def node(facade, request, params, name: str):
         found = catalog.nodes.get(name)
         if found is None:
             return index, None
-        return index, {"Node": encode.node(found),
-                       "Services": {sid: encode.service(s) for sid, s in
-                                    sorted(catalog.services.get(name, {}).items())}}
+        services = {sid: encode.service(s) for sid, s in
+                    sorted(catalog.services.get(name, {}).items())}
+        if services_filter is not None:
+            services = services_filter.select_values(services)
+        return index, {"Node": encode.node(found), "Services": services}
     return Read(run, tables=("nodes", "services"), consistency_header=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from agent.errors import InvalidRequest
-from agent.facade import is_healthy
+from agent.facade import CHECK_SERVICE_NODE, HEALTH_CHECK, is_healthy
 from gateway.http import encode
-from gateway.http.handlers.catalog import CATALOG, node_meta_filter, require
+from gateway.http.handlers.catalog import (CATALOG, expression, filtered, node_meta_filter,
+                                           require)
 from gateway.http.results import Read
 
 
@@ -24,20 +25,22 @@ def _passing(request) -> bool:
 
 def node(facade, request, params, name: str):
     require(name, "Missing node name")
+    rows_filter = expression(request, HEALTH_CHECK)
 
     def run(store):
-        return (store.catalog.table_index["checks"],
-                [encode.check(c) for c in store.catalog.node_checks(name)])
+        rows = [encode.check(c) for c in store.catalog.node_checks(name)]
+        return store.catalog.table_index["checks"], filtered(rows_filter, rows)
     return Read(run, tables=("checks",), consistency_header=True)
 
 
 def checks(facade, request, params, service_name: str):
     require(service_name, "Missing service name")
+    rows_filter = expression(request, HEALTH_CHECK)
 
     def run(store):
         catalog = store.catalog
-        return (catalog.max_service_index(service_name),
-                [encode.check(c) for c in catalog.service_checks(service_name)])
+        rows = [encode.check(c) for c in catalog.service_checks(service_name)]
+        return catalog.max_service_index(service_name), filtered(rows_filter, rows)
     return Read(run, tables=("checks", "services"), consistency_header=True)
 
 
@@ -46,6 +49,7 @@ def service(facade, request, params, service_name: str):
     tags = request.query.get("tag", ())
     passing = _passing(request)
     meta = node_meta_filter(request)
+    rows_filter = expression(request, CHECK_SERVICE_NODE)
 
     def run(store):
         catalog = store.catalog
@@ -56,7 +60,7 @@ def service(facade, request, params, service_name: str):
                 continue
             rows.append({"Node": encode.node(n), "Service": encode.service(s),
                          "Checks": [encode.check(c) for c in instance_checks]})
-        return catalog.max_service_index(service_name), rows
+        return catalog.max_service_index(service_name), filtered(rows_filter, rows)
     return Read(run, tables=CATALOG, consistency_header=True)
 
 
@@ -64,6 +68,7 @@ def state(facade, request, params, wanted: str):
     # Consul does not validate the state: an unknown one simply matches no check.
     require(wanted, "Missing check state")
     meta = node_meta_filter(request)
+    rows_filter = expression(request, HEALTH_CHECK)
 
     def run(store):
         catalog = store.catalog
@@ -71,5 +76,6 @@ def state(facade, request, params, wanted: str):
         if meta:
             names = {n.name for n in catalog.node_list(meta)}
             found = [c for c in found if c.node in names]
-        return catalog.table_index["checks"], [encode.check(c) for c in found]
+        rows = [encode.check(c) for c in found]
+        return catalog.table_index["checks"], filtered(rows_filter, rows)
     return Read(run, tables=("checks", "nodes") if meta else ("checks",), consistency_header=True)
