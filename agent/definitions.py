@@ -119,6 +119,7 @@ def parse_service_definition(doc: Any, schemas: SchemaSet) -> ServiceDefinition:
     if problem:
         raise InvalidRequest(f"Invalid Service Meta: {problem}")
     service_id = raw.get("ID") or name
+    refuse_connect(raw)
 
     # Consul puts "Check" before "Checks", skips a "Check" with nothing set, and numbers the
     # generated IDs by position in that list (1-based) whenever there is more than one check.
@@ -342,6 +343,7 @@ def _catalog_service(raw: Mapping[str, Any], node_name: str) -> structs.Service:
     address = raw.get("Address", "")
     if _is_any_address(address):
         raise InvalidRequest("Invalid service address")
+    refuse_connect(raw)
     return structs.Service(
         node=node_name,
         id=service_id or name,
@@ -459,3 +461,33 @@ def _uuid_problem(text: str) -> str | None:
         if char not in "0123456789abcdefABCDEF":
             return f"encoding/hex: invalid byte: U+{ord(char):04X} '{char}'"
     return None
+
+
+# -- Connect (not built) -----------------------------------------------------------------------
+
+_CONNECT_KINDS = ("connect-proxy", "mesh-gateway", "terminating-gateway", "ingress-gateway")
+CONNECT_UNSUPPORTED = ("Connect (service mesh) is not supported yet: refusing the registration "
+                       "rather than dropping its {what}")
+
+
+def _is_zero(value: Any) -> bool:
+    """Go's zero value for a JSON field: what Consul itself sends back for an unset struct."""
+    if isinstance(value, Mapping):
+        return all(_is_zero(v) for v in value.values())
+    if isinstance(value, list):
+        return not value
+    return value in (None, "", 0, False)
+
+
+def refuse_connect(raw: Mapping[str, Any]) -> None:
+    """A service naming a Connect kind, a proxy or Connect settings cannot work here yet; say
+    so with a 400 instead of storing it without them (zero values, as Consul echoes them, pass)."""
+    kind = raw.get("Kind") or ""
+    if kind in _CONNECT_KINDS:  # other kinds are kept as given, as Consul keeps them
+        raise InvalidRequest(CONNECT_UNSUPPORTED.format(what=f'Kind "{kind}"'))
+    connect = raw.get("Connect")
+    # An empty SidecarService still asks for a sidecar with the defaults.
+    sidecar = isinstance(connect, Mapping) and connect.get("SidecarService") is not None
+    for key in ("Proxy", "Connect"):
+        if sidecar or not _is_zero(raw.get(key)):
+            raise InvalidRequest(CONNECT_UNSUPPORTED.format(what=f"{key} settings"))

@@ -16,13 +16,14 @@ from agent.definitions import (CatalogDeregistration, CatalogRegistration, Check
                                ServiceDefinition, parse_catalog_deregister,
                                parse_catalog_register, parse_check_definition,
                                parse_service_definition)
-from agent.durations import parse_duration
+from agent.durations import go_duration, parse_duration
 from agent.errors import UnknownDatacenter
 from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, SERVICE_NODE,
                           Field, Filter, FilterError, compile_filter)
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 Txn)
 from agent.local.state import LocalState
+from agent.rpc import shapes
 from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
 from agent.state.catalog import is_healthy
@@ -36,6 +37,7 @@ from agent.structs import Session, TxnError, TxnOutcome
 # Everything a frontend may use from the core is importable from here; the import-graph test
 # keeps frontends from reaching past this module.
 __all__ = [
+    "go_duration", "shapes",
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
     "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
     "Session", "SessionManager", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",

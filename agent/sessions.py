@@ -25,6 +25,7 @@ import txaio
 from twisted.internet.defer import Deferred, fail, succeed
 
 from agent import structs
+from agent.durations import go_duration
 from agent.errors import WaypostError
 from agent.fsm.commands import SessionCreate, SessionDestroy
 from agent.state.sessions import SESSIONS
@@ -36,18 +37,6 @@ txaio.use_twisted()
 # Consul's leader retries a failed TTL invalidation (maxInvalidateAttempts, invalidateRetryBase).
 MAX_INVALIDATE_ATTEMPTS = 6
 INVALIDATE_RETRY = 10.0
-
-
-def _go_seconds(seconds: float) -> str:
-    """Go's Duration.String() for the whole numbers of seconds used in messages."""
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 class SessionManager:
@@ -110,7 +99,7 @@ class SessionManager:
         if ttl and not structs.SESSION_TTL_MIN <= ttl <= structs.SESSION_TTL_MAX:
             return fail(WaypostError(
                 f"Invalid Session TTL '{round(ttl * 1e9)}', must be between "
-                f"[{_go_seconds(structs.SESSION_TTL_MIN)}={_go_seconds(structs.SESSION_TTL_MAX)}]"))
+                f"[{go_duration(structs.SESSION_TTL_MIN)}={go_duration(structs.SESSION_TTL_MAX)}]"))
         node = self._node_name() if node is None else node
         if not node:
             return fail(WaypostError("Must provide Node"))

@@ -25,7 +25,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from agent import structs
 from agent.checks.alias import WATCH_RETRY, AliasRunner, alias_status
-from agent.checks.base import OUTPUT_MAX, IntervalRunner, TailBuffer, cap_output, go_duration
+from agent.checks.base import OUTPUT_MAX, IntervalRunner, TailBuffer, cap_output
+from agent.durations import go_duration
 from agent.checks.docker import DockerRunner
 from agent.checks.factory import MIN_INTERVAL, make_runner
 from agent.checks.http import HTTPRunner

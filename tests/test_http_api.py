@@ -769,3 +769,22 @@ def test_waypost_self_names_the_loaded_plugins(agent):
     status, _, got = agent.json("GET", "/v1/waypost/self")
     assert status == 200 and got["ConsulVersion"] == "1.8.7"
     assert {"http", "dns"} <= set(got["Plugins"]) and got["Version"]
+
+
+def test_catalog_node_services_lists_the_services(agent):
+    """/v1/catalog/node-services/<node> (Consul 1.7+): the node, and its services as a list
+    sorted by ID; an unknown node is 200 with nulls, a missing name 400."""
+    for name in ("ns-b", "ns-a"):
+        assert agent.request("PUT", "/v1/agent/service/register",
+                             json.dumps({"Name": name}))[0] == 200
+    status, headers, got = agent.json("GET", "/v1/catalog/node-services/oracle")
+    assert status == 200 and int(headers["X-Consul-Index"]) >= 2
+    assert got["Node"]["Node"] == "oracle"
+    ids = [s["ID"] for s in got["Services"]]
+    assert ids == sorted(ids) and {"ns-a", "ns-b", "consul"} <= set(ids)
+    assert set(got["Services"][0]) >= {"ID", "Service", "Tags", "Proxy", "Connect", "CreateIndex"}
+    status, _, got = agent.json("GET", '/v1/catalog/node-services/oracle?filter=Service%20==%20"ns-a"')
+    assert status == 200 and [s["ID"] for s in got["Services"]] == ["ns-a"]
+    assert agent.json("GET", "/v1/catalog/node-services/nope")[2] == {"Node": None,
+                                                                       "Services": None}
+    assert agent.request("GET", "/v1/catalog/node-services/")[:3:2] == (400, b"Missing node name")

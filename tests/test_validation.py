@@ -487,3 +487,33 @@ def test_agent_logged_no_traceback(agent):
     assert_serving(agent)
     log = agent.log_so_far()
     assert "Traceback" not in log, log[-3000:]
+
+
+CONNECT_BODIES = [
+    {"Name": "gw", "Kind": "mesh-gateway", "Port": 8443},
+    {"Name": "px", "Kind": "connect-proxy", "Proxy": {"DestinationServiceName": "web"}},
+    {"Name": "web", "Proxy": {"Config": {"foo": "bar"}}},
+    {"Name": "web", "Connect": {"SidecarService": {}}},
+    {"Name": "web", "Connect": {"Native": True}},
+]
+
+
+@pytest.mark.parametrize("body", CONNECT_BODIES)
+def test_connect_registrations_are_refused_not_silently_dropped(agent, body):
+    """Connect is not built: a registration relying on it gets a 400 saying so, and nothing is
+    stored without the parts it asked for (Consul's zero values still pass)."""
+    status, _, data = agent.request("PUT", "/v1/agent/service/register", json.dumps(body))
+    assert status == 400 and b"Connect (service mesh) is not supported yet" in data
+    status, _, data = agent.request("PUT", "/v1/catalog/register", json.dumps(
+        {"Node": "cn1", "Address": "10.1.1.1",
+         "Service": {**{k: v for k, v in body.items() if k != "Name"}, "Service": body["Name"]}}))
+    assert status == 400 and b"Connect (service mesh) is not supported yet" in data
+    assert agent.request("GET", f"/v1/agent/service/{body['Name']}")[0] == 404
+
+
+def test_zero_connect_fields_and_other_kinds_are_accepted(agent):
+    body = {"Name": "zc", "Kind": "custom", "Proxy": {"MeshGateway": {}, "Expose": {}},
+            "Connect": {}}
+    assert agent.request("PUT", "/v1/agent/service/register", json.dumps(body))[0] == 200
+    status, _, data = agent.request("GET", "/v1/agent/service/zc")
+    assert status == 200 and json.loads(data)["Kind"] == "custom"

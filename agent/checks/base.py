@@ -74,34 +74,6 @@ class TailBuffer:
         return kept
 
 
-def go_duration(seconds: float) -> str:
-    """`seconds` as Go's ``time.Duration.String()`` prints it ("500ms", "30s", "1m30s")."""
-    nanos = round(seconds * 1_000_000_000)
-    if nanos == 0:
-        return "0s"
-    sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
-    if nanos < 1_000:
-        return f"{sign}{nanos}ns"
-    if nanos < 1_000_000:
-        return f"{sign}{_decimal(nanos, 1_000)}\u00b5s"
-    if nanos < 1_000_000_000:
-        return f"{sign}{_decimal(nanos, 1_000_000)}ms"
-    hours, rest = divmod(nanos, 3_600_000_000_000)
-    minutes, rest = divmod(rest, 60_000_000_000)
-    text = f"{_decimal(rest, 1_000_000_000)}s"
-    if hours:
-        text = f"{hours}h{minutes}m{text}"
-    elif minutes:
-        text = f"{minutes}m{text}"
-    return sign + text
-
-
-def _decimal(value: int, unit: int) -> str:
-    whole, fraction = divmod(value, unit)
-    digits = str(fraction).rjust(len(str(unit)) - 1, "0").rstrip("0")
-    return f"{whole}.{digits}" if digits else str(whole)
-
-
 def go_quote(text: str) -> str:
     """A string quoted as Go's %q quotes it, near enough for messages."""
     return json.dumps(text, ensure_ascii=False)

@@ -31,13 +31,13 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from agent import structs
+from agent.durations import go_duration
 from agent.checks.base import (
     OUTPUT_MAX,
     CheckNotifier,
     IntervalRunner,
     TailBuffer,
     dial_error,
-    go_duration,
 )
 from agent.checks.http import BytesProducer, capped_sink, deliver_body, go_url_op, quiet_pool
 from agent.checks.script import DEFAULT_SHELL, status_for_exit

@@ -26,12 +26,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
 
 from agent import structs
+from agent.durations import go_duration
 from agent.checks.base import (
     OUTPUT_MAX,
     CheckNotifier,
     IntervalRunner,
     TailBuffer,
-    go_duration,
 )
 
 DEFAULT_TIMEOUT = 30.0  # Consul's script check timeout

@@ -1,160 +1,28 @@
-"""Consul's JSON shapes for our rows: the only place the HTTP API spells Consul field names."""
+"""JSON the way Consul writes it. The Consul shapes of rows come from the core
+(`agent.rpc.shapes`, through the facade), so the HTTP API, `?filter=` and the server RPC
+agree on every field name; they are re-exported here for the handlers."""
 
 from __future__ import annotations
-
-import base64
 
 import json
 from typing import Any
 
-from agent.structs import Check, CheckDefinition, KVEntry, Node, Service
+from agent.facade import go_duration, shapes
 
+go_map = shapes.go_map
+node = shapes.node
+service = shapes.service
+agent_service = shapes.agent_service
+catalog_service = shapes.catalog_service
+definition = shapes.definition
+check = shapes.check
+agent_health_check = shapes.agent_health_check
+agent_service_health = shapes.agent_service_health
+kv = shapes.kv
 
-def go_duration(seconds: float) -> str:
-    """Format like Go's time.Duration.String(): "0s", "30s", "1m0s", "1h0m0s", "1.5s", "300ms"."""
-    if seconds == 0:
-        return "0s"
-    ns = round(seconds * 1e9)
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000_000_000:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return sign + _trim(ns / size) + unit
-    hours, rest = divmod(ns, 3600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    secs = _trim(rest / 1e9) + "s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{secs}"
-    if minutes:
-        return f"{sign}{minutes}m{secs}"
-    return sign + secs
-
-
-def _trim(value: float) -> str:
-    text = f"{value:.9f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def go_map(m) -> dict:
-    """Go's encoding/json writes a map with its keys sorted; so do we, to answer byte for byte."""
-    return dict(sorted(m.items()))
-
-
-def node(n: Node) -> dict[str, Any]:
-    return {"ID": n.node_id, "Node": n.name, "Address": n.address, "Datacenter": n.datacenter,
-            "TaggedAddresses": go_map(n.tagged_addresses) or None,
-            "Meta": go_map(n.meta) or None,
-            "CreateIndex": n.create_index, "ModifyIndex": n.modify_index}
-
-
-def _tagged(s: Service) -> dict[str, Any] | None:
-    if not s.tagged_addresses:
-        return None
-    return {k: {"Address": v.address, "Port": v.port}
-            for k, v in sorted(s.tagged_addresses.items())}
-
-
-def service(s: Service) -> dict[str, Any]:
-    """A service as /v1/catalog/node and /v1/health/service show it (NodeService)."""
-    out: dict[str, Any] = {"ID": s.id, "Service": s.name, "Tags": list(s.tags),
-                           "Address": s.address}
-    tagged = _tagged(s)
-    if tagged:
-        out["TaggedAddresses"] = tagged
-    out.update({"Meta": go_map(s.meta) or None, "Port": s.port,
-                "Weights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
-                "EnableTagOverride": s.enable_tag_override,
-                "Proxy": {"MeshGateway": {}, "Expose": {}}, "Connect": {},
-                "CreateIndex": s.create_index, "ModifyIndex": s.modify_index})
-    if s.kind:
-        out = {"Kind": s.kind, **out}
-    return out
-
-
-def agent_service(s: Service) -> dict[str, Any]:
-    """A service as /v1/agent/services shows it (no indexes, Meta always a map)."""
-    out: dict[str, Any] = {"ID": s.id, "Service": s.name, "Tags": list(s.tags),
-                           "Meta": go_map(s.meta), "Port": s.port, "Address": s.address}
-    tagged = _tagged(s)
-    if tagged:
-        out["TaggedAddresses"] = tagged
-    out["Weights"] = {"Passing": s.weights.passing, "Warning": s.weights.warning}
-    out["EnableTagOverride"] = s.enable_tag_override
-    if s.kind:
-        out = {"Kind": s.kind, **out}
-    return out
-
-
-def catalog_service(n: Node, s: Service) -> dict[str, Any]:
-    """One row of /v1/catalog/service/<name> (ServiceNode)."""
-    out: dict[str, Any] = {
-        "ID": n.node_id, "Node": n.name, "Address": n.address, "Datacenter": n.datacenter,
-        "TaggedAddresses": go_map(n.tagged_addresses) or None,
-        "NodeMeta": go_map(n.meta) or None,
-        "ServiceKind": s.kind, "ServiceID": s.id, "ServiceName": s.name,
-        "ServiceTags": list(s.tags), "ServiceAddress": s.address}
-    tagged = _tagged(s)
-    if tagged:
-        out["ServiceTaggedAddresses"] = tagged
-    out.update({
-        "ServiceWeights": {"Passing": s.weights.passing, "Warning": s.weights.warning},
-        "ServiceMeta": go_map(s.meta), "ServicePort": s.port,
-        "ServiceEnableTagOverride": s.enable_tag_override,
-        "ServiceProxy": {"MeshGateway": {}, "Expose": {}}, "ServiceConnect": {},
-        "CreateIndex": s.create_index, "ModifyIndex": s.modify_index})
-    return out
-
-
-def definition(d: CheckDefinition) -> dict[str, Any]:
-    if d == CheckDefinition():
-        return {}
-    return _full_definition(d)
-
-
-def _full_definition(d: CheckDefinition) -> dict[str, Any]:
-    return {"Interval": go_duration(d.interval), "Timeout": go_duration(d.timeout),
-            "DeregisterCriticalServiceAfter": go_duration(d.deregister_critical_service_after),
-            "HTTP": d.http, "Header": None if d.header is None else
-            {k: list(v) for k, v in sorted(d.header.items())},
-            "Method": d.method, "Body": d.body, "TLSSkipVerify": d.tls_skip_verify, "TCP": d.tcp}
-
-
-def check(c: Check, with_indexes: bool = True) -> dict[str, Any]:
-    return {"Node": c.node, "CheckID": c.check_id, "Name": c.name, "Status": c.status,
-            "Notes": c.notes, "Output": c.output, "ServiceID": c.service_id,
-            "ServiceName": c.service_name, "ServiceTags": list(c.service_tags), "Type": c.type,
-            "Definition": definition(c.definition),
-            "CreateIndex": c.create_index if with_indexes else 0,
-            "ModifyIndex": c.modify_index if with_indexes else 0}
-
-
-def agent_health_check(c: Check) -> dict[str, Any]:
-    """A check as /v1/agent/health/service/* shows it: Consul copies only the status fields into
-    its API struct there, so Type is empty and Definition is the zero value."""
-    return {"Node": c.node, "CheckID": c.check_id, "Name": c.name, "Status": c.status,
-            "Notes": c.notes, "Output": c.output, "ServiceID": c.service_id,
-            "ServiceName": c.service_name, "ServiceTags": list(c.service_tags), "Type": "",
-            "Definition": _full_definition(CheckDefinition()), "CreateIndex": 0, "ModifyIndex": 0}
-
-
-def agent_service_health(status: str, s: Service | None,
-                         checks: list[Check] | None) -> dict[str, Any]:
-    """One entry of /v1/agent/health/service/* (AgentServiceChecksInfo)."""
-    return {"AggregatedStatus": status,
-            "Service": None if s is None else agent_service(s),
-            "Checks": None if checks is None else [agent_health_check(c) for c in checks]}
-
-
-def kv(e: KVEntry) -> dict[str, Any]:
-    value = None if not e.value else base64.b64encode(e.value).decode("ascii")
-    out: dict[str, Any] = {"LockIndex": e.lock_index, "Key": e.key, "Flags": e.flags,
-                           "Value": value}
-    if e.session:
-        out["Session"] = e.session
-    out["CreateIndex"] = e.create_index
-    out["ModifyIndex"] = e.modify_index
-    return out
+__all__ = ["dumps", "go_duration", "go_map", "node", "service", "agent_service",
+           "catalog_service", "definition", "check", "agent_health_check",
+           "agent_service_health", "kv"]
 
 
 def dumps(obj: Any, pretty: bool) -> bytes:

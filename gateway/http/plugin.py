@@ -76,6 +76,7 @@ def build_routes() -> RouteTable:
     t.add("/v1/catalog/services", GET, catalog.services)
     t.add("/v1/catalog/service/", GET, catalog.service)
     t.add("/v1/catalog/node/", GET, catalog.node)
+    t.add("/v1/catalog/node-services/", GET, catalog.node_services)
     t.add("/v1/health/node/", GET, health.node)
     t.add("/v1/health/checks/", GET, health.checks)
     t.add("/v1/health/service/", GET, health.service)

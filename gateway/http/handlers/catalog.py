@@ -126,3 +126,19 @@ def node(facade, request, params, name: str):
             services = services_filter.select_values(services)
         return index, {"Node": encode.node(found), "Services": services}
     return Read(run, tables=("nodes", "services"), consistency_header=True)
+
+
+def node_services(facade, request, params, name: str):
+    """/v1/catalog/node-services/<node>: the node and its services as a list (Consul 1.7+)."""
+    require(name, "Missing node name")
+    services_filter = expression(request, NODE_SERVICE)
+
+    def run(store):
+        catalog = store.catalog
+        index = max(catalog.table_index["nodes"], catalog.table_index["services"])
+        found = catalog.nodes.get(name)
+        if found is None:
+            return index, {"Node": None, "Services": None}
+        services = [encode.service(s) for _, s in sorted(catalog.services.get(name, {}).items())]
+        return index, {"Node": encode.node(found), "Services": filtered(services_filter, services)}
+    return Read(run, tables=("nodes", "services"), consistency_header=True)

@@ -1,0 +1,44 @@
+"""The core's log interface: what the endpoints and leader duties need from consensus.
+
+A `-dev` or `-bootstrap` server runs the one-member implementation (`agent.raft.single`);
+Raft (a later issue) implements the same interface across 3-5 servers. Nothing above this
+interface knows which one it talks to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+
+
+class ReplicatedLog(Protocol):
+    """A log of commands, committed by a quorum and applied in order to the FSM.
+
+    `apply(command)` fires with `(index, result)` once the command is durable on a quorum and
+    applied here; it fails with `agent.errors.NoLeader` (no leader known) or `NotLeader`
+    (forward to `leader_address`). Leadership listeners are called with True when this server
+    becomes leader (after it applied everything committed before its term) and False when it
+    stops being leader; leader duties start and stop with them.
+    """
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader_address(self) -> str: ...
+
+    @property
+    def applied_index(self) -> int: ...
+
+    def last_contact(self) -> float:
+        """Seconds since the leader was last heard from (0 on the leader)."""
+
+    def apply(self, command: Any) -> Deferred: ...
+
+    def verify_leader(self) -> Deferred:
+        """Fires once a quorum confirmed this server still leads (`?consistent` reads)."""
+
+    def add_leadership_listener(self, listener: Callable[[bool], None]) -> None: ...
+
+    def remove_leadership_listener(self, listener: Callable[[bool], None]) -> None: ...
