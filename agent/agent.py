@@ -28,6 +28,7 @@ from agent.local.state import CONFIG, LocalState
 from agent.loops import LoopSet, ResilientLoop
 from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
+from agent.rpc.server import ServerEndpoints
 from agent.single_server import SingleServerLog
 from agent.state import snapshot
 from agent.state.snapshot import SnapshotError
@@ -58,7 +59,7 @@ class Agent(MultiService):
         self.reactor = reactor
         self.store = StateStore()
         self.fsm = FSM(self.store, report_error=self._report_error)
-        self.raft = SingleServerLog(self.fsm)
+        self.raft = SingleServerLog(self.fsm, address=config.server_rpc_addr)
         # API registrations live in data_dir whenever there is one, -dev or not, as in Consul.
         if persistence is None and config.data_dir:
             persistence = LocalPersistence(config.data_dir)
@@ -86,7 +87,10 @@ class Agent(MultiService):
         if self.snapshot_path() is not None:
             self.loops.add(ResilientLoop(reactor, "snapshot", self.save_snapshot,
                                          SNAPSHOT_INTERVAL))
-        self.facade = AgentFacade(config, reactor, self.store, self.raft.apply, self.local,
+        self.endpoints = ServerEndpoints(
+            reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
+            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)
+        self.facade = AgentFacade(config, reactor, self.store, self.endpoints, self.local,
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names),
                                   sessions=self.sessions)

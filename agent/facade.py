@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
 from agent.config.model import VERSION, WAYPOST_VERSION, AgentConfig
 from agent.definitions import (CatalogDeregistration, CatalogRegistration, CheckSpec,
@@ -23,13 +23,18 @@ from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, 
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 Txn)
 from agent.local.state import LocalState
+from agent.rpc import queries
+from agent.rpc.options import (CONSISTENT, DEFAULT, STALE, QueryMeta, QueryOptions,
+                               ReadResult, WriteRequest, WriteResult)
+from agent.rpc.requests import SessionRenew
+from agent.rpc.server import ServerEndpoints
 from agent.rpc import shapes
 from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
 from agent.state.catalog import is_healthy
 from agent.state.sessions import SESSIONS
 from agent.state.store import StateStore
-from agent.state.txn import MAX_TXN_OPS, precheck, run_txn
+from agent.state.txn import MAX_TXN_OPS
 from agent.state.txn import WRITE_VERBS as TXN_WRITE_VERBS
 from agent.state.watch import WatchHandle
 from agent.structs import Session, TxnError, TxnOutcome
@@ -37,7 +42,8 @@ from agent.structs import Session, TxnError, TxnOutcome
 # Everything a frontend may use from the core is importable from here; the import-graph test
 # keeps frontends from reaching past this module.
 __all__ = [
-    "go_duration", "shapes",
+    "go_duration", "shapes", "queries", "QueryOptions", "QueryMeta", "ReadResult",
+    "WriteRequest", "WriteResult", "DEFAULT", "STALE", "CONSISTENT", "SessionRenew",
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
     "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
     "Session", "SessionManager", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",
@@ -62,7 +68,7 @@ class Member:
 
 class AgentFacade:
     def __init__(self, config: AgentConfig, reactor, store: StateStore,
-                 write: Callable[[Any], Deferred], local: LocalState, schemas: SchemaSet,
+                 endpoints: ServerEndpoints, local: LocalState, schemas: SchemaSet,
                  members: Callable[[], list[Member]], stats: Callable[[], dict],
                  plugin_names: Callable[[], list[str]] = lambda: [],
                  sessions: SessionManager | None = None) -> None:
@@ -71,7 +77,7 @@ class AgentFacade:
         self.store = store
         self.local = local
         self.schemas = schemas
-        self._write = write
+        self._endpoints = endpoints
         self._members = members
         self._stats = stats
         self.plugin_names = plugin_names
@@ -86,35 +92,22 @@ class AgentFacade:
         # Called with the new config after a reload was applied (frontends re-read settings).
         self.reload_listeners: list[Callable[[AgentConfig], None]] = []
 
-    def write(self, command: Any) -> Deferred:
-        """Commit a command; fires with its result once applied.
+    # --- the read and write seams ---------------------------------------------------------
 
-        As Consul's leader does before the log: a lock on a key inside its lock-delay answers
-        False, and a transaction that fails its pre-checks answers its errors.
-        """
-        if self.sessions is not None:
-            if (isinstance(command, KVOperation) and command.op == "lock"
-                    and self.sessions.lock_delayed(command.entry.key)):
-                return succeed(False)
-            if isinstance(command, Txn):
-                errors = precheck(command.ops, self.sessions.lock_delayed)
-                if errors:
-                    return succeed(TxnOutcome(errors=errors))
-        return self._write(command)
+    def read(self, query: Any, options: QueryOptions = QueryOptions()) -> ReadResult | Deferred:
+        """Answer a typed query (`agent.rpc.queries`) as `options` asks: a ReadResult now, or a
+        Deferred firing with one when it must wait (a blocking query, a quorum round)."""
+        return self._endpoints.read(query, options)
 
-    def txn(self, ops: Iterable[KVOperation]) -> Deferred:
-        """Run KV operations all or nothing; fires with a `TxnOutcome`.
+    def write(self, command: Any, request: WriteRequest = WriteRequest()) -> Deferred:
+        """Commit a command through the server endpoints; fires with a WriteResult (the index
+        it was applied at and its result), or fails with the error the endpoint gave."""
+        return self._endpoints.write(command, request)
 
-        Operations with a writing verb go through the log as one `Txn` entry; a read-only
-        transaction is answered from the store at once.
-        """
-        ops = tuple(ops)
-        if any(op.op in TXN_WRITE_VERBS for op in ops):
-            return self.write(Txn(ops))
-        errors = precheck(ops, lambda key: False)
-        if errors:
-            return succeed(TxnOutcome(errors=errors))
-        return succeed(run_txn(self.store, ops, self.store.index))
+    def local_index(self, consistency: str) -> int | None:
+        """The index a read in `consistency` mode would be answered at right now without a
+        round trip, or None: frontends validate cached answers with it."""
+        return self._endpoints.local_index(consistency)
 
     def watch(self, callback: Callable[[], None], tables: Iterable[str] = (),
               kv_prefixes: Iterable[str] = ()) -> WatchHandle:

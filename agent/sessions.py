@@ -112,7 +112,7 @@ class SessionManager:
                           lock_delay=lock_delay, behavior=behavior, ttl=ttl,
                           service_checks=None if service_checks is None else
                           tuple(service_checks), legacy_checks=tuple(legacy_checks))
-        return self._write(SessionCreate(session))
+        return self._write(SessionCreate(session)).addCallback(lambda result: result.value)
 
     def renew(self, session_id: str) -> Deferred:
         """Restart a session's TTL; fires with the session, or None when there is none."""

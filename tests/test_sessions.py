@@ -22,6 +22,7 @@ from agent.fsm.commands import (
     SessionCreate,
     SessionDestroy,
 )
+from agent.rpc.server import ServerEndpoints
 from agent.sessions import SessionManager
 from agent.single_server import SingleServerLog
 from agent.state import codec, snapshot
@@ -41,7 +42,11 @@ class Core:
         ids = iter(f"s{i}" for i in range(1, 1000))
         self.sessions = SessionManager(self.clock, self.store, self.log.apply, lambda: "n1",
                                        new_id=lambda: next(ids))
-        self.facade = AgentFacade(None, self.clock, self.store, self.log.apply, None, None,
+        self.endpoints = ServerEndpoints(self.clock, self.store, self.log,
+                                         datacenter=lambda: "dc1",
+                                         lock_delay_remaining=self.sessions.lock_delay_remaining,
+                                         session_timers=self.sessions, new_id=lambda: next(ids))
+        self.facade = AgentFacade(None, self.clock, self.store, self.endpoints, None, None,
                                   list, dict, sessions=self.sessions)
         if store is None:
             self.register(Check(node="n1", check_id="serfHealth", name="serf",
@@ -60,14 +65,18 @@ class Core:
             raise out[0].value
         return out[0]
 
-    def create(self, **kw) -> str:
-        return self.result(self.sessions.create(**kw))
+    def create(self, node: str = "n1", checks=(structs.SERF_CHECK_ID,), **kw) -> str:
+        """Session.Apply create through the endpoints, as the HTTP API does."""
+        session = Session(id="", node=node, checks=checks, **kw)
+        return self.result(self.facade.write(SessionCreate(session))).value
 
     def lock(self, key: str, session: str, value: bytes = b"v"):
-        return self.result(self.facade.write(KVOperation("lock", KVEntry(key, value, session=session))))
+        return self.result(self.facade.write(
+            KVOperation("lock", KVEntry(key, value, session=session)))).value
 
     def unlock(self, key: str, session: str):
-        return self.result(self.facade.write(KVOperation("unlock", KVEntry(key, b"v", session=session))))
+        return self.result(self.facade.write(
+            KVOperation("unlock", KVEntry(key, b"v", session=session)))).value
 
     def entry(self, key: str) -> KVEntry | None:
         return self.store.kv.get(key)[1]

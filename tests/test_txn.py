@@ -16,7 +16,7 @@ def op(verb, key, value=None, index=0, session="", flags=0):
 
 
 def txn(core, *ops):
-    return core.result(core.facade.txn(ops))
+    return core.result(core.facade.write(Txn(tuple(ops)))).value
 
 
 def test_writes_and_reads_apply_at_one_index():
@@ -93,7 +93,7 @@ def test_lock_delay_refuses_a_transaction_lock_before_the_log():
     core.result(core.sessions.destroy(a))
     index = core.store.index
     outcome = core.result(core.facade.write(Txn((op("set", "y", b"1"),
-                                                 op("lock", "k", session=b)))))
+                                                 op("lock", "k", session=b))))).value
     assert outcome.errors == (TxnError(1, 'failed to lock key "k" due to lock delay'),)
     assert core.store.index == index  # refused before reaching the log
     core.clock.advance(15)

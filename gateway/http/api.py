@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import txaio
 from twisted.internet.defer import Deferred
 
+from agent.facade import WriteResult
 from agent.errors import (
     InvalidRequest,
     NotFound,
@@ -108,6 +109,8 @@ class HTTPAPI:
     # --- writes ---
 
     def _write_result(self, value: Any, params) -> Response:
+        if isinstance(value, WriteResult):  # a command's answer is its result (true, ...)
+            value = value.value
         if value is EMPTY:
             return Response(200, b"", [VARY], content_type=None)
         if isinstance(value, Response):

@@ -328,7 +328,7 @@ class _Keys:
         kv = self.facade.store.kv
         held = [kv.entries[k] for k in kv.order.with_prefix(op.entry.key)
                 if kv.entries[k].session] if op.op == "delete-tree" else [prev] if prev else []
-        return maybeDeferred(self.facade.write, op).addCallback(done)
+        return maybeDeferred(self.facade.write, op).addCallback(lambda r: done(r.value))
 
 
 class Watch:

@@ -21,9 +21,9 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 
-from agent.facade import KVOperation, Session
+from agent.facade import KVOperation, Session, Txn
 from agent.structs import SESSION_DELETE, SESSION_TTL_MAX, SESSION_TTL_MIN, KVEntry
 
 __all__ = ["MAX_TTL", "MIN_TTL", "SESSION_PREFIX", "TTLKeys"]
@@ -99,7 +99,7 @@ class TTLKeys:
             ops.append(KVOperation("lock", replace(new, session=created)))
         elif old is None:
             ops.append(KVOperation("set", new))
-        outcome = yield maybeDeferred(self.facade.txn, ops)
+        outcome = (yield self.facade.write(Txn(tuple(ops)))).value
         if not outcome.ok:
             if created is not None:
                 yield self.sessions.destroy(created)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent.errors import InvalidRequest, WaypostError
-from agent.facade import SESSIONS, Session, parse_duration
+from agent.facade import (SESSIONS, Session, SessionCreate, SessionDestroy, SessionRenew,
+                          parse_duration)
 from agent.structs import SERF_CHECK_ID, ServiceCheck
 from gateway.http.api import TEXT, VARY
 from gateway.http.decode import UINT64_LIMIT, json_body
@@ -207,10 +208,11 @@ def create(facade, request, params, arg):
     _index(fields, "modifyindex", "ModifyIndex")
     legacy, node_checks, service_checks = _check_lists(fields)
     lock_delay = _lock_delay(fields["lockdelay"]) if fields.get("lockdelay") is not None else 15.0
-    d = facade.sessions.create(name=name, node=node, checks=node_checks, lock_delay=lock_delay,
-                               behavior=behavior, ttl=_ttl(ttl_text),
-                               service_checks=service_checks, legacy_checks=legacy)
-    return d.addCallback(lambda session_id: {"ID": session_id})
+    node = facade.config.node_name if node is None else node
+    session = Session(id="", name=name, node=node, checks=node_checks, lock_delay=lock_delay,
+                      behavior=behavior, ttl=_ttl(ttl_text), service_checks=service_checks,
+                      legacy_checks=legacy)
+    return facade.write(SessionCreate(session)).addCallback(lambda r: {"ID": r.value})
 
 
 def _require(value: str, message: str) -> None:
@@ -220,7 +222,7 @@ def _require(value: str, message: str) -> None:
 
 def destroy(facade, request, params, session_id: str):
     _require(session_id, "Missing session")
-    return facade.sessions.destroy(session_id)
+    return facade.write(SessionDestroy(session_id)).addCallback(lambda r: True)
 
 
 def renew(facade, request, params, session_id: str):
@@ -231,7 +233,7 @@ def renew(facade, request, params, session_id: str):
             return Response(404, f"Session id '{session_id}' not found".encode(), [VARY],
                             content_type=TEXT)
         return [encode_session(session)]
-    return facade.sessions.renew(session_id).addCallback(answer)
+    return facade.write(SessionRenew(session_id)).addCallback(lambda r: answer(r.value))
 
 
 def info(facade, request, params, session_id: str):

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from agent.errors import InvalidRequest
-from agent.facade import MAX_TXN_OPS, TXN_WRITE_VERBS, KVOperation, TxnOutcome
+from agent.facade import MAX_TXN_OPS, TXN_WRITE_VERBS, KVOperation, Txn, TxnOutcome
 from agent.structs import KVEntry
 from gateway.http import encode
 from gateway.http.api import TEXT, VARY
@@ -133,4 +133,4 @@ def txn(facade, request, params, arg):
             return Response(409, encode.dumps(body, params.pretty), headers)
         body = {"Results": [{"KV": encode.kv(e)} for e in outcome.results or ()], "Errors": None}
         return Response(200, encode.dumps(body, params.pretty), headers)
-    return facade.txn(ops).addCallback(answer)
+    return facade.write(Txn(tuple(ops))).addCallback(lambda r: answer(r.value))

@@ -1,0 +1,203 @@
+"""The server endpoints: every read and write that needs server state, answered here.
+
+Named as Consul's RPC endpoints (`KVS.Apply`, `Catalog.Register`, `Session.Apply`,
+`Txn.Apply`, `Health.ServiceNodes`, ...). This is the one place that decides a read's
+consistency mode (so Raft, stale reads, forwarding to the leader and ACL filtering each plug in
+once), runs blocking queries, applies `?filter=`, and enforces the rules only a leader may
+decide before a command reaches the log (lock-delay, transaction pre-checks, session
+validation and ID). Today the agent calls it in process; the server port of a later issue
+reaches the same endpoints from client agents and followers.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import replace
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from agent import structs
+from agent.durations import go_duration
+from agent.errors import InvalidRequest, NoLeader, UnknownDatacenter, WaypostError
+from agent.fsm.commands import Deregister, KVOperation, Register, SessionCreate, SessionDestroy, Txn
+from agent.rpc import queries as q
+from agent.rpc.blocking import BlockingReads
+from agent.rpc.filtering import Filtering
+from agent.rpc.options import (
+    CONSISTENT,
+    DEFAULT,
+    STALE,
+    QueryMeta,
+    QueryOptions,
+    ReadResult,
+    WriteRequest,
+    WriteResult,
+)
+from agent.rpc.reads import READS
+from agent.rpc.requests import SessionRenew
+from agent.state.txn import WRITE_VERBS, precheck, run_txn
+
+# What Consul reports as the effective consistency of each mode.
+_EFFECTIVE = {DEFAULT: "leader", STALE: "stale", CONSISTENT: "consistent"}
+_MEMO_LIMIT = 4096
+
+
+class ServerEndpoints:
+    """Reads and writes against this server's state store and log."""
+
+    def __init__(self, reactor, store, log, *, datacenter: Callable[[], str],
+                 lock_delay_remaining: Callable[[str], float],
+                 session_timers=None, rng: random.Random | None = None,
+                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._log = log
+        self._datacenter = datacenter
+        self._lock_delay_remaining = lock_delay_remaining
+        self._session_timers = session_timers
+        self._new_id = new_id
+        self._blocking = BlockingReads(reactor, store.watch, rng)
+        self._filtering = Filtering()
+        # (query, filter, mode) -> the ReadResult at the store index it was computed at: a
+        # thousand readers woken by one write share one evaluation (and so one encoding).
+        self._memo: dict[tuple, tuple[int, ReadResult]] = {}
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def local_index(self, consistency: str) -> int | None:
+        """The index at which a read in `consistency` mode would be answered here, now, without
+        a round trip — or None when it would not (a follower's default read goes to the leader,
+        a consistent read needs a quorum round). Frontends validate cached answers with it."""
+        if consistency == STALE or (consistency == DEFAULT and self._log.is_leader):
+            return self._store.index
+        return None
+
+    def read(self, query: Any, options: QueryOptions) -> ReadResult | Deferred:
+        """Answer a store query in the mode `options` asks for; a Deferred when it must wait
+        (blocking, a quorum round)."""
+        self._check_datacenter(options.datacenter)
+        if isinstance(query, q.CatalogDatacenters):
+            return ReadResult([self._datacenter()], QueryMeta(index=0))
+        spec = READS[type(query)]
+        self._filtering.check(query, options.filter)  # a bad expression is a 400, at once
+        mode = options.consistency
+        if mode == CONSISTENT:
+            return self._log.verify_leader().addCallback(
+                lambda _: self._blocking_read(spec, query, options))
+        if mode == DEFAULT and not self._log.is_leader:
+            # Forwarding to the leader arrives with the server RPC; until then there is none.
+            raise NoLeader()
+        return self._blocking_read(spec, query, options)
+
+    def _blocking_read(self, spec, query, options: QueryOptions) -> ReadResult | Deferred:
+        return self._blocking.read(lambda: self._answer(spec, query, options), options,
+                                   spec.watch(query))
+
+    def _answer(self, spec, query, options: QueryOptions) -> ReadResult:
+        store_index = self._store.index
+        key = (query, options.filter, options.consistency)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == store_index:
+            return memo[1]
+        index, value = spec.run(self._store, query)
+        if options.filter:
+            value = self._filtering.apply(query, value, options.filter)
+        log = self._log
+        meta = QueryMeta(index=max(index, 1), known_leader=bool(log.leader_address),
+                         last_contact=log.last_contact(),
+                         consistency=_EFFECTIVE.get(options.consistency, "leader"))
+        result = ReadResult(value, meta)
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = (store_index, result)
+        return result
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def write(self, command: Any, request: WriteRequest) -> Deferred:
+        """Apply `command` through the log after the leader's rules; fires with a WriteResult."""
+        try:
+            self._check_datacenter(request.datacenter)
+            handler = self._WRITES.get(type(command))
+            if handler is None:
+                raise InvalidRequest(f"no endpoint takes {type(command).__name__}")
+            return handler(self, command)
+        except Exception:  # noqa: BLE001 - one failure path for the caller, as a Deferred
+            return fail()
+
+    def _apply(self, command: Any) -> Deferred:
+        if not self._log.is_leader:
+            return fail(NoLeader())
+        return self._log.apply(command)
+
+    def _catalog_register(self, command: Register) -> Deferred:  # Catalog.Register
+        self._check_datacenter(command.node.datacenter)
+        return self._apply(command)
+
+    def _catalog_deregister(self, command: Deregister) -> Deferred:  # Catalog.Deregister
+        return self._apply(command)
+
+    def _kvs_apply(self, command: KVOperation) -> Deferred:  # KVS.Apply
+        if command.op == "lock" and self._lock_delay_remaining(command.entry.key) > 0:
+            # Consul's leader answers false while the key is inside its lock-delay.
+            return succeed(WriteResult(self._store.index, False))
+        return self._apply(command)
+
+    def _txn_apply(self, command: Txn) -> Deferred:  # Txn.Apply (and Txn.Read)
+        if not any(op.op in WRITE_VERBS for op in command.ops):
+            errors = precheck(command.ops, lambda key: False)
+            if errors:
+                return succeed(WriteResult(self._store.index, structs.TxnOutcome(errors=errors)))
+            return succeed(WriteResult(self._store.index,
+                                       run_txn(self._store, command.ops, self._store.index)))
+        errors = precheck(command.ops, lambda key: self._lock_delay_remaining(key) > 0)
+        if errors:
+            return succeed(WriteResult(self._store.index, structs.TxnOutcome(errors=errors)))
+        return self._apply(command)
+
+    def _session_create(self, command: SessionCreate) -> Deferred:  # Session.Apply create
+        session = command.session
+        behavior = session.behavior or structs.SESSION_RELEASE
+        if behavior not in structs.SESSION_BEHAVIORS:
+            raise WaypostError(f"Invalid Behavior setting '{behavior}'")
+        ttl = session.ttl
+        if ttl and not structs.SESSION_TTL_MIN <= ttl <= structs.SESSION_TTL_MAX:
+            raise WaypostError(
+                f"Invalid Session TTL '{round(ttl * 1e9)}', must be between "
+                f"[{go_duration(structs.SESSION_TTL_MIN)}={go_duration(structs.SESSION_TTL_MAX)}]")
+        if not session.node:
+            raise WaypostError("Must provide Node")
+        session_id = self._new_id()
+        while session_id in self._store.sessions.sessions:
+            session_id = self._new_id()
+        return self._apply(SessionCreate(replace(session, id=session_id, behavior=behavior)))
+
+    def _session_destroy(self, command: SessionDestroy) -> Deferred:  # Session.Apply destroy
+        return self._apply(command)
+
+    def _session_renew(self, command: SessionRenew) -> Deferred:  # Session.Renew
+        if not self._log.is_leader:
+            return fail(NoLeader())
+        session = self._store.sessions.sessions.get(command.id)
+        if session is not None and session.ttl > 0 and self._session_timers is not None:
+            self._session_timers.renew(session.id)
+        return succeed(WriteResult(self._store.index, session))
+
+    _WRITES: dict[type, Callable[[Any, Any], Deferred]] = {
+        Register: _catalog_register,
+        Deregister: _catalog_deregister,
+        KVOperation: _kvs_apply,
+        Txn: _txn_apply,
+        SessionCreate: _session_create,
+        SessionDestroy: _session_destroy,
+        SessionRenew: _session_renew,
+    }
+
+    # --- shared -----------------------------------------------------------------------------
+
+    def _check_datacenter(self, dc: str | None) -> None:
+        """Only our own datacenter is reachable until WAN federation exists."""
+        if dc and dc != self._datacenter():
+            raise UnknownDatacenter(dc)
