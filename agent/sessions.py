@@ -8,9 +8,11 @@ Consul's leader:
   renewal. Timers run on the injected reactor; any TTL session in the store without a timer
   (created through the log directly, restored from a snapshot) gets one, and the timer of a
   session destroyed for another reason (its check went critical, its node left) is dropped.
-- Lock-delays. When a destroyed session lets go of a key, that key cannot be acquired again
-  until the session's lock-delay (at most 60s) has passed; `lock_delayed(key)` is checked before
-  a lock reaches the log.
+- Lock-delays are read from the store: every replica records them when it applies the entry
+  that released the key (`StateStore.lock_delays`, at the FSM's apply-time clock), so a new
+  leader knows them too; `lock_delayed(key)` is checked before a lock reaches the log.
+
+The leader duties (`agent.leader`) start and stop the timers with leadership.
 
 Invalidation by a critical check or node deregistration happens inside the FSM (in the entry
 that caused it); see `agent.state.sessions`.
@@ -53,17 +55,16 @@ class SessionManager:
         self._node_name = node_name
         self._new_id = new_id
         self._timers: dict[str, Any] = {}  # session id -> IDelayedCall
-        self._lock_delays: dict[str, float] = {}  # key -> reactor time it may be locked again
         self.running = False
 
     # --- lifecycle ---
 
     def start(self) -> None:
-        """Become the session leader: arm TTL timers, receive lock-delays."""
+        """Become the session leader: arm every TTL timer afresh, at the full TTL (Consul's new
+        leader does the same: it cannot know how long the old one had left)."""
         if self.running:
             return
         self.running = True
-        self._store.lock_delay_listener = self._lock_delay
         self._store.on_commit.append(self._committed)
         self._sync_timers()
 
@@ -71,8 +72,6 @@ class SessionManager:
         if not self.running:
             return
         self.running = False
-        if self._store.lock_delay_listener == self._lock_delay:
-            self._store.lock_delay_listener = None
         if self._committed in self._store.on_commit:
             self._store.on_commit.remove(self._committed)
         for timer in self._timers.values():
@@ -146,23 +145,10 @@ class SessionManager:
         return self.lock_delay_remaining(key) > 0
 
     def lock_delay_remaining(self, key: str) -> float:
-        until = self._lock_delays.get(key)
-        if until is None:
-            return 0.0
-        left = until - self._reactor.seconds()
-        if left <= 0:
-            del self._lock_delays[key]
-            return 0.0
-        return left
+        """Seconds until `key` may be locked again, from the store's lock-delays."""
+        return self._store.lock_delay_remaining(key, self._reactor.seconds())
 
     # --- internals ---
-
-    def _lock_delay(self, key: str, seconds: float) -> None:
-        now = self._reactor.seconds()
-        if len(self._lock_delays) > 1024:
-            self._lock_delays = {k: t for k, t in self._lock_delays.items() if t > now}
-        until = now + min(seconds, structs.MAX_LOCK_DELAY)
-        self._lock_delays[key] = max(until, self._lock_delays.get(key, 0.0))
 
     def _committed(self, index: int, tables: frozenset[str]) -> None:
         if SESSIONS in tables:

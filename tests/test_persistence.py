@@ -210,7 +210,8 @@ def test_config_registrations_are_not_persisted_and_win_over_saved_ones(tmp_path
 
 def test_dev_without_data_dir_keeps_nothing():
     agent = make_agent(AgentConfig(node_name="me", node_id="", dev=True), task.Clock())
-    assert agent.persistence is None and agent.snapshot_path() is None
+    assert agent.persistence is None and agent.legacy_state_path() is None
+    assert not agent.durable
 
 
 def test_a_registration_the_disk_refuses_fails_whole(tmp_path):
@@ -237,3 +238,50 @@ def test_sigterm_and_sigint_leave_the_state_consistent(tmp_path):
         if path.is_file() and path.parent.name in ("services", "checks", "state"):
             json.loads(path.read_text())
         assert not path.name.endswith(".tmp")
+
+
+# -- the state of a version before the write-ahead log ----------------------------------------
+
+
+def durable_agent(data_dir: Path):
+    from tests.inline import InlinePool, ThreadedClock
+    clock = ThreadedClock()
+    agent = make_agent(AgentConfig(node_name="me", node_id="00000000-0000-0000-0000-000000000001",
+                                   data_dir=str(data_dir)), clock, pool=InlinePool())
+    return agent, clock
+
+
+def test_an_old_state_file_is_restored_once_then_the_log_takes_over(tmp_path):
+    from agent.fsm.apply import FSM
+    from agent.fsm.commands import KVOperation
+    from agent.state import snapshot
+    from agent.state.store import StateStore
+    from agent.structs import KVEntry
+    old = StateStore()
+    FSM(old).apply(57, KVOperation("set", KVEntry("from-old", b"1")))
+    legacy = tmp_path / "state" / "snapshot.json"
+    legacy.parent.mkdir()
+    legacy.write_text(json.dumps(snapshot.dump(old)))
+    agent, clock = durable_agent(tmp_path)
+    agent.startService()
+    for _ in range(100):
+        clock.advance(0)  # the first snapshot of the log is written a chunk per turn
+    assert agent.store.kv.get("from-old")[1].value == b"1"
+    assert not legacy.exists() and list((tmp_path / "raft" / "snapshots").glob("*.snap"))
+    agent.facade.write(KVOperation("set", KVEntry("new", b"2")))
+    agent.stopService()
+    again, _ = durable_agent(tmp_path)
+    again.startService()
+    assert again.store.kv.get("from-old")[1].modify_index == 57
+    assert again.store.kv.get("new")[1].value == b"2"
+    again.stopService()
+
+
+def test_a_data_dir_in_use_by_another_agent_is_refused(tmp_path):
+    from agent.agent import DataDirError
+    first, _ = durable_agent(tmp_path)
+    first.load_state()
+    second, _ = durable_agent(tmp_path)
+    with pytest.raises(DataDirError, match="in use by another process"):
+        second.load_state()
+    first.stopService()

@@ -3,6 +3,7 @@ fake clock, and the /v1/session endpoints and KV acquire/release against a real 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
@@ -22,9 +23,9 @@ from agent.fsm.commands import (
     SessionCreate,
     SessionDestroy,
 )
+from agent.raft.single import SingleServerLog
 from agent.rpc.server import ServerEndpoints
 from agent.sessions import SessionManager
-from agent.single_server import SingleServerLog
 from agent.state import codec, snapshot
 from agent.state.store import StateStore
 from agent.structs import Check, KVEntry, Node, Service, ServiceCheck, Session
@@ -38,7 +39,9 @@ class Core:
     def __init__(self, store: StateStore | None = None) -> None:
         self.clock = Clock()
         self.store = store or StateStore()
-        self.log = SingleServerLog(FSM(self.store))
+        self.fsm = FSM(self.store, clock=self.clock.seconds)
+        self.log = SingleServerLog(self.clock, self.fsm)
+        self.log.start()
         ids = iter(f"s{i}" for i in range(1, 1000))
         self.sessions = SessionManager(self.clock, self.store, self.log.apply, lambda: "n1",
                                        new_id=lambda: next(ids))
@@ -285,6 +288,26 @@ def test_release_before_destroy_leaves_no_lock_delay_and_delay_is_capped():
     assert core.lock("k3", b) is True
 
 
+def test_every_replica_records_the_lock_delay_when_it_applies_the_release():
+    """A follower applying the same entries at its own clock knows the lock-delay too, so a
+    new leader enforces it; the store keeps it, not the leader's session manager."""
+    core = Core()
+    a = core.create(lock_delay=15.0)
+    core.lock("k", a)
+    follower_clock = Clock()
+    follower_clock.advance(100.0)
+    follower = FSM(StateStore(), clock=follower_clock.seconds)
+    entries = core.log._store.entries(1, core.log.last_index)
+    core.result(core.sessions.destroy(a))
+    entries += core.log._store.entries(entries[-1].index + 1, core.log.last_index)
+    for entry in entries:
+        if entry.kind == 0:
+            follower.apply_entry(entry.index, entry.data)
+    assert core.store.lock_delay_remaining("k", core.clock.seconds()) == pytest.approx(15.0)
+    assert follower.store.lock_delay_remaining("k", 110.0) == pytest.approx(5.0)
+    assert follower.store.lock_delay_remaining("k", 115.0) == 0.0
+
+
 # --- commands and snapshots --------------------------------------------------------------------
 
 
@@ -293,8 +316,11 @@ def test_session_commands_round_trip_and_snapshot_restores_sessions_and_timers()
     sid = core.create(name="keep", ttl=10.0, lock_delay=5.0, checks=())
     core.lock("held", sid)
     core.result(core.log.apply(SessionCreate(Session(id="direct", node="n1", ttl=20.0))))
-    data = json.loads(json.dumps(snapshot.dump(core.store)))
-    restored = Core(snapshot.load(data))
+    body = b"".join(snapshot.encode_chunks(core.fsm.capture()))
+    image, _ = snapshot.read_image(io.BytesIO(body))
+    store = StateStore()
+    snapshot.install(store, image)
+    restored = Core(store)
     assert restored.store.sessions.sessions == core.store.sessions.sessions
     assert restored.store.kv.held_by(sid) == ["held"]
     # The restored server leads: TTL timers are armed again from the store.

@@ -1,8 +1,14 @@
 """The state store, FSM and watches as pure code: no reactor, no sockets."""
 
+import io
+import json
+
+import pytest
+
 from agent import structs
 from agent.fsm.apply import FSM
-from agent.fsm.commands import Deregister, KVOperation, Register, decode_command, encode_command
+from agent.fsm.commands import Deregister, KVOperation, Register
+from agent.fsm.table import decode_command, encode_command
 from agent.errors import InvalidRequest
 from agent.state import snapshot
 from agent.state.store import StateStore
@@ -182,47 +188,103 @@ def test_worst_status():
     assert structs.worst_status(["warning", "critical", "passing"]) == "critical"
 
 
-def test_snapshot_round_trip(tmp_path):
+def test_snapshot_round_trip():
     log = Log()
     register_web(log)
     log.apply(KVOperation("set", KVEntry("bin", b"\x00\x01", flags=7)))
     log.apply(KVOperation("set", KVEntry("gone", b"1")))
     log.apply(KVOperation("delete", KVEntry("gone")))
-    path = tmp_path / "snap.json"
-    snapshot.save_file(log.store, path)
+    body = b"".join(snapshot.encode_chunks(snapshot.capture(log.store), rows_per_chunk=2))
+    image, header = snapshot.read_image(io.BytesIO(body))
+    assert header["format"] == snapshot.BODY_FORMAT
     fired = []
     target = StateStore()
     target.watch(lambda: fired.append(1), kv_prefixes=("zzz",))
-    restored = snapshot.load_file(path, target)
+    FSM(target).restore(image)
     assert fired == [1]  # a restore wakes every watcher
-    assert restored.index == log.store.index
-    assert restored.kv.get("bin") == log.store.kv.get("bin")
-    assert restored.kv.list("gone") == log.store.kv.list("gone")
-    assert restored.catalog.services == log.store.catalog.services
-    assert restored.catalog.checks == log.store.catalog.checks
-    assert restored.catalog.table_index == log.store.catalog.table_index
+    assert target.index == log.store.index
+    assert target.kv.get("bin") == log.store.kv.get("bin")
+    assert target.kv.list("gone") == log.store.kv.list("gone")
+    assert target.catalog.services == log.store.catalog.services
+    assert target.catalog.checks == log.store.catalog.checks
+    assert target.catalog.table_index == log.store.catalog.table_index
+
+
+def test_a_truncated_or_newer_snapshot_body_is_refused_and_changes_nothing():
+    log = Log()
+    register_web(log)
+    body = b"".join(snapshot.encode_chunks(snapshot.capture(log.store)))
+    with pytest.raises(snapshot.SnapshotError, match="truncated"):
+        snapshot.read_image(io.BytesIO(body[:body.rindex(b'{"end"')]))
+    newer = body.replace(b'"format":2', b'"format":3', 1)
+    with pytest.raises(snapshot.SnapshotError, match="newer Waypost"):
+        snapshot.read_image(io.BytesIO(newer), "snap-x")
+
+
+def test_legacy_state_document_reads_back():
+    log = Log()
+    register_web(log)
+    log.apply(KVOperation("set", KVEntry("k", b"v")))
+    image = snapshot.legacy_image(json.loads(json.dumps(snapshot.dump(log.store))))
+    target = StateStore()
+    FSM(target).restore(image)
+    assert target.kv.get("k") == log.store.kv.get("k")
+    assert target.catalog.services == log.store.catalog.services
+
+
+def test_writes_wake_watchers_after_the_writer_in_bounded_turns():
+    """With a defer hook, a commit returns before any watcher runs; they fire WAKE_BATCH per
+    turn after two hops, and each sees the committed state."""
+    from agent.state.store import WAKE_BATCH
+    turns = []
+    store = StateStore(defer=turns.append)
+    fsm = FSM(store)
+    seen = []
+    for _ in range(WAKE_BATCH + 5):
+        store.watch(lambda: seen.append(store.kv.get("k")[0]), kv_prefixes=("k",))
+    changes = []
+    store.on_commit.append(lambda index, tables: changes.append(index))
+    fsm.apply(7, KVOperation("set", KVEntry("k", b"1")))
+    assert seen == [] and changes == [7]  # change listeners stay synchronous
+    turns.pop(0)()  # the first hop only schedules the drain
+    assert seen == []
+    turns.pop(0)()
+    assert seen == [7] * WAKE_BATCH
+    turns.pop(0)()
+    assert seen == [7] * (WAKE_BATCH + 5) and turns == []
+    assert store.pending_wakeups() == 0
+
+
+def test_a_watch_cancelled_before_its_deferred_wakeup_never_fires():
+    turns = []
+    store = StateStore(defer=turns.append)
+    fired = []
+    handle = store.watch(lambda: fired.append(1), kv_prefixes=("k",))
+    FSM(store).apply(1, KVOperation("set", KVEntry("k", b"1")))
+    handle.cancel()
+    while turns:
+        turns.pop(0)()
+    assert fired == []
 
 
 def test_agent_keeps_state_in_data_dir_between_runs(tmp_path):
-    from twisted.internet import task
-
     from agent.agent import make_agent
     from agent.config.model import AgentConfig
+    from tests.inline import InlinePool, ThreadedClock
     cfg = AgentConfig(node_name="n", node_id="1", dev=False, data_dir=str(tmp_path))
-    clock = task.Clock()
-    first = make_agent(cfg, clock)
+    clock = ThreadedClock()
+    first = make_agent(cfg, clock, pool=InlinePool())
     first.startService()
     first.facade.write(KVOperation("set", KVEntry("kept", b"yes")))
-    clock.advance(5)  # the periodic snapshot
-    assert (tmp_path / "state" / "snapshot.json").exists()
     first.facade.write(KVOperation("set", KVEntry("late", b"1")))
-    first.stopService()  # and the final one
-    second = make_agent(cfg, task.Clock())
+    assert list((tmp_path / "raft" / "wal").glob("*.wal"))
+    first.stopService()
+    second = make_agent(cfg, ThreadedClock(), pool=InlinePool())
     second.startService()
     assert second.store.kv.get("kept")[1].value == b"yes"
     assert second.store.kv.get("late")[1].value == b"1"
     # New writes continue after the restored index.
-    before = second.store.index
+    before = second.raft.last_index
     second.facade.write(KVOperation("set", KVEntry("next", b"1")))
     assert second.store.kv.get("next")[1].create_index == before + 1
     second.stopService()

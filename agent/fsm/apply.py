@@ -1,130 +1,74 @@
-"""The FSM: applies committed commands to the state store, one index at a time.
+"""The FSM: applies committed commands to the state store, one index at a time, and restores it
+from a snapshot.
 
-Every change to the store goes through `FSM.apply`; this is the path Raft feeds. A command that
-fails validation changes nothing and its error is the entry's result, so replicas stay equal.
+Every change to the store goes through `FSM.apply` (or `apply_entry`, from a log entry's bytes);
+this is the path Raft feeds, on the leader and on every follower alike. What each command does
+is looked up in the command table (`agent.fsm.table`). A command that fails validation changes
+nothing and its error is the entry's result, so replicas stay equal. `restore` replaces the whole
+state with a snapshot's and wakes every watcher, as Consul's FSM Restore does.
+
+The apply-time clock is injected: the lock-delay a released key gets is recorded by every
+replica when it applies the entry (Consul's state store does the same with its own clock).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from agent.errors import InvalidRequest, UnknownCommand, WaypostError
-from agent.fsm.commands import (
-    Deregister,
-    KVOperation,
-    Register,
-    SessionCreate,
-    SessionDestroy,
-    Txn,
-)
-from agent.state.sessions import (
-    create_session,
-    destroy_session,
-    invalidate_broken_sessions,
-)
+from agent.errors import UnknownCommand, WaypostError
+from agent.fsm.table import COMMANDS, CommandTable
+from agent.state.snapshot import Capture, StoreImage, capture, install
 from agent.state.store import StateStore
-from agent.state.txn import go_quote, run_txn
-from agent.structs import TxnOutcome
+
+# What `apply_entry` returns for an entry of an unknown type flagged ignorable.
+IGNORED = object()
 
 
 class FSM:
-    def __init__(self, store: StateStore, report_error: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(self, store: StateStore,
+                 report_error: Callable[[BaseException], None] | None = None, *,
+                 clock: Callable[[], float] | None = None,
+                 table: CommandTable = COMMANDS) -> None:
+        """`clock` gives the apply time in seconds (the reactor's); without one no lock-delays
+        are recorded. `report_error` is told what a woken watcher raised."""
         self.store = store
         self._report = report_error or (lambda exc: None)
-        self._dispatch: dict[type, Callable[[Any, int], Any]] = {
-            Register: self._register,
-            Deregister: self._deregister,
-            KVOperation: self._kv,
-            SessionCreate: self._session_create,
-            SessionDestroy: self._session_destroy,
-            Txn: self._txn,
-        }
+        self._clock = clock
+        self._table = table
 
     def apply(self, index: int, command: Any) -> Any:
         """Apply `command` at `index`; return its result or the exception it failed with."""
-        handler = self._dispatch.get(type(command))
-        if handler is None:
+        spec = self._table.by_class.get(type(command))
+        if spec is None:
             raise UnknownCommand(f"no FSM handler for {type(command).__name__}")
+        store = self.store
         try:
-            result = handler(command, index)
+            result = spec.handler(store, command, index)
         except WaypostError as exc:
-            self.store.discard_pending()
-            self.store.commit(index)
+            store.discard_pending()
+            store.commit(index, self._clock)
             return exc
-        for error in self.store.commit(index):
+        for error in store.commit(index, self._clock):
             self._report(error)
         return result
 
-    def _register(self, c: Register, index: int) -> bool:
-        catalog = self.store.catalog
-        # Validate everything first: nothing may be half-applied.
-        known_services = set(catalog.services.get(c.node.name, {}))
-        if c.service is not None:
-            if c.service.node != c.node.name:
-                raise InvalidRequest("Service node does not match registration node")
-            known_services.add(c.service.id)
-        for check in c.checks:
-            if check.node != c.node.name:
-                raise InvalidRequest("Check node does not match registration node")
-            if check.service_id and check.service_id not in known_services:
-                raise InvalidRequest(f"Missing service registration for check {check.check_id!r}")
-        if not c.skip_node_update or c.node.name not in catalog.nodes:
-            catalog.ensure_node(c.node, index)
-        if c.service is not None:
-            catalog.ensure_service(c.service, index)
-        for check in c.checks:
-            catalog.ensure_check(check, index)
-        # A check turning critical invalidates the sessions that name it, in this same entry.
-        invalidate_broken_sessions(self.store, c.node.name, index)
-        return True
+    def apply_entry(self, index: int, data: bytes) -> Any:
+        """Decode a log entry's command and apply it; `IGNORED` for an unknown type flagged
+        ignorable. Raises `UnknownCommand` for an entry this server must not skip."""
+        command = self._table.decode(data)
+        if command is None:
+            return IGNORED
+        return self.apply(index, command)
 
-    def _deregister(self, c: Deregister, index: int) -> bool:
-        catalog = self.store.catalog
-        if c.service_id:
-            catalog.delete_service(c.node, c.service_id, index)
-        elif c.check_id:
-            catalog.delete_check(c.node, c.check_id, index)
-        else:
-            catalog.delete_node(c.node, index)
-        # Sessions of a deregistered node, or naming a removed check, go with them.
-        invalidate_broken_sessions(self.store, c.node, index)
-        return True
+    def capture(self) -> StoreImage:
+        """An immutable view of the whole state, to be encoded into a snapshot at leisure."""
+        return capture(self.store)
 
-    def _kv(self, c: KVOperation, index: int) -> bool:
-        kv = self.store.kv
-        if c.op == "set":
-            kv.set(c.entry, index)
-            return True
-        if c.op == "cas":
-            return kv.cas(c.entry, c.expected_index, index)
-        if c.op == "delete":
-            kv.delete(c.entry.key, index)
-            return True
-        if c.op == "delete-cas":
-            return kv.delete_cas(c.entry.key, c.expected_index, index)
-        if c.op == "delete-tree":
-            kv.delete_tree(c.entry.key, index)
-            return True
-        if c.op == "lock":
-            session = c.entry.session
-            if not session:
-                raise WaypostError("missing session")
-            if session not in self.store.sessions.sessions:
-                raise WaypostError(f"invalid session {go_quote(session)}")
-            return kv.lock(c.entry, index)
-        if c.op == "unlock":
-            if not c.entry.session:
-                raise WaypostError("missing session")
-            return kv.unlock(c.entry, index)
-        raise InvalidRequest(f"Invalid KV operation {c.op!r}")
+    def begin_capture(self) -> Capture:
+        """The same view taken in slices; it must be finished before the next `apply`."""
+        return Capture(self.store)
 
-    def _session_create(self, c: SessionCreate, index: int) -> str:
-        return create_session(self.store, c.session, index)
-
-    def _session_destroy(self, c: SessionDestroy, index: int) -> bool:
-        destroy_session(self.store, c.id, index)
-        return True
-
-    def _txn(self, c: Txn, index: int) -> TxnOutcome:
-        # A failed transaction changed nothing: its outcome carries the errors.
-        return run_txn(self.store, c.ops, index)
+    def restore(self, image: StoreImage) -> None:
+        """Replace the whole state with `image` (a snapshot's) and wake every watcher."""
+        for error in install(self.store, image):
+            self._report(error)

@@ -1,2 +1,3 @@
-"""The durable Raft log: a write-ahead log of entries (`wal`), its on-disk format (`records`)
-and the snapshots that let it be compacted (`snapshots`)."""
+"""The Raft log: the interface the core talks to (`interface`), its one-member implementation
+(`single`), a write-ahead log of entries (`wal`, its file work in `disk`, its on-disk format in
+`records`) and the snapshots that let it be compacted (`snapshots`)."""

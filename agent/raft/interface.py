@@ -15,11 +15,14 @@ from twisted.internet.defer import Deferred
 class ReplicatedLog(Protocol):
     """A log of commands, committed by a quorum and applied in order to the FSM.
 
-    `apply(command)` fires with `(index, result)` once the command is durable on a quorum and
-    applied here; it fails with `agent.errors.NoLeader` (no leader known) or `NotLeader`
-    (forward to `leader_address`). Leadership listeners are called with True when this server
-    becomes leader (after it applied everything committed before its term) and False when it
-    stops being leader; leader duties start and stop with them.
+    `apply(command)` fires with a `WriteResult(index, value)` once the command is durable on a
+    quorum and applied here by the FSM; it fails with the command's own error, or with
+    `agent.errors.NoLeader` when this server does not lead (forwarding to `leader_address`
+    comes with the server RPC). Leadership listeners are called with True when this server
+    becomes leader (after it applied everything in its log) and False when it stops being
+    leader (or when `stop()` steps it down); the leader duties (`agent.leader`) start and stop
+    with them. Every replica records lock-delays as it applies entries, so they survive a
+    change of leader.
     """
 
     @property

@@ -148,6 +148,15 @@ class SnapshotStore:
 
         return d.addCallback(ready)
 
+    @classmethod
+    def prepare_now(cls, reactor, pool, data_dir: str | os.PathLike, **kwargs
+                    ) -> "SnapshotStore":
+        """`prepare` on the calling thread (start-up, before the reactor serves)."""
+        directory = os.path.join(os.fspath(data_dir), "raft", "snapshots")
+        for name in _prepare(directory):
+            cls.log.info("snapshots: removed {name}, left unfinished by a crash", name=name)
+        return cls(reactor, pool, directory, **kwargs)
+
     # --- writing ---
 
     def begin(self, index: int, term: int) -> SnapshotWriter:
@@ -169,7 +178,8 @@ class SnapshotStore:
 
     def save(self, index: int, term: int, chunks: Iterable[bytes]) -> Deferred:
         """Write a snapshot from `chunks`, about `turn_bytes` per reactor turn, and fire with
-        its `SnapshotMeta` once durable. If `chunks` raises, nothing is left behind."""
+        its `SnapshotMeta` once durable. An empty chunk ends a turn too (a producer with other
+        work to spread out). If `chunks` raises, nothing is left behind."""
         writer = self.begin(index, term)
         source: Iterator[bytes] = iter(chunks)
         done: Deferred = Deferred()
@@ -180,7 +190,7 @@ class SnapshotStore:
                 for chunk in source:
                     writer.write(chunk)
                     written += len(chunk)
-                    if written >= self._turn_bytes:
+                    if written >= self._turn_bytes or not chunk:
                         self._reactor.callLater(0, turn)  # let the reactor breathe
                         return
             except BaseException:
@@ -246,6 +256,15 @@ class SnapshotStore:
             return meta
 
         return d.addCallback(found)
+
+    def latest_now(self) -> SnapshotMeta | None:
+        """`latest` on the calling thread (start-up, before the reactor serves)."""
+        meta, damaged = _newest_valid(self.directory, dict(self._verified))
+        for problem in damaged:
+            self.log.warn("snapshots: skipping a damaged snapshot: {problem}", problem=problem)
+        if meta is not None:
+            self._verified[meta.path] = meta
+        return meta
 
     def open(self, meta: SnapshotMeta) -> BinaryIO:
         """The body of a snapshot, as a file positioned at its start (`meta.size` bytes).

@@ -111,6 +111,18 @@ class WriteAheadLog:
 
         return d.addCallback(opened)
 
+    @classmethod
+    def open_now(cls, reactor, pool, data_dir: str | os.PathLike, *,
+                 segment_bytes: int = SEGMENT_BYTES, fsync: Fsync = default_fsync
+                 ) -> "WriteAheadLog":
+        """`open`, with the recovery run on the calling thread: for start-up, before the
+        reactor serves anything (the log must be whole before the first read is answered)."""
+        raft_dir = os.path.join(os.fspath(data_dir), "raft")
+        found = recover(raft_dir, fsync)
+        for note in found.notes:
+            cls.log.warn("write-ahead log: {note}", note=note)
+        return cls(reactor, pool, raft_dir, found, segment_bytes=segment_bytes, fsync=fsync)
+
     # --- reads ---
 
     @property

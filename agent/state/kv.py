@@ -2,7 +2,9 @@
 and the write rules (set, cas, lock, unlock, deletes) shared with transactions.
 
 Tombstones let a blocking query on a prefix see a later index after a key under it was deleted,
-as Consul's graveyard does; without them the prefix's index would go backwards.
+as Consul's graveyard does; without them the prefix's index would go backwards. The leader's
+tombstone GC reaps them after a while (a `TombstoneReap` entry); the highest index reaped is
+kept, and a prefix never reports less than it, so reaping cannot move an index backwards either.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class KVTable:
         self.tomb_order = SortedKeys()
         self.by_session: dict[str, set[str]] = {}  # session id -> keys it holds
         self.index = 0  # the table's index, deletes included
+        self.reaped_index = 0  # the highest tombstone index reaped so far
 
     def _changed(self, key: str, index: int) -> None:
         self.index = index
@@ -107,6 +110,15 @@ class KVTable:
         self.order.add(entry.key)
         if entry.session:
             self.by_session.setdefault(entry.session, set()).add(entry.key)
+
+    def reap_tombstones(self, upto: int) -> int:
+        """Drop the tombstones at or below index `upto`; returns how many went. Nothing a
+        reader sees changes (see `_prefix_index`), so no watch is woken."""
+        doomed = [key for key, index in self.tombstones.items() if index <= upto]
+        for key in doomed:
+            self.reaped_index = max(self.reaped_index, self.tombstones.pop(key))
+            self.tomb_order.remove(key)
+        return len(doomed)
 
     def _unhold(self, entry: KVEntry) -> None:
         held = self.by_session.get(entry.session)
@@ -176,7 +188,11 @@ class KVTable:
         index = max((e.modify_index for e in entries), default=0)
         for key in self.tomb_order.with_prefix(prefix):
             index = max(index, self.tombstones[key])
-        return index or self.index
+        if not index:
+            return self.index
+        # A reaped tombstone under the prefix may have given the highest index: never report
+        # less than any reaped one (after a reap, a few prefixes jump ahead, none go back).
+        return max(index, self.reaped_index)
 
 
 class Rows(Protocol):
