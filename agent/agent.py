@@ -2,6 +2,13 @@
 
 `make_agent(config, reactor)` returns an `Agent` (a MultiService) whose `facade` is what the
 gateway hands to frontends. Nothing here knows about frontends.
+
+The log is the one-member `agent.raft.single.SingleServerLog`: in memory for `-dev` (and without
+a data_dir), else on the write-ahead log and snapshots in `data_dir/raft/`, so every write
+acknowledged to a client is on disk first. `load_state()` brings the state back from there (the
+newest snapshot, then the log after it) before anything is served; the runner calls it before
+the reactor starts, so a damaged data_dir stops the agent in one line. Leader duties
+(`agent.leader`) start and stop with the log's leadership events.
 """
 
 from __future__ import annotations
@@ -10,90 +17,122 @@ import os
 import platform
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from threading import Thread
+from typing import Any
 
 import txaio
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.threadpool import ThreadPool
 
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
+from agent.durations import parse_duration
 from agent.errors import InvalidRequest
 from agent.facade import AgentFacade, Member
 from agent.fsm.apply import FSM
-from agent.fsm.commands import Deregister, Register
-from agent.local.antientropy import AntiEntropy
+from agent.fsm.commands import Register
+from agent.leader import LeaderDuties
+from agent.local.catalog import InProcessCatalog
+from agent.local.compose import build_local, check_update_interval_of
 from agent.local.persist import LocalPersistence, Saved
-from agent.local.state import CONFIG, LocalState
+from agent.local.state import CONFIG
 from agent.loops import LoopSet, ResilientLoop
+from agent.raft.records import LogError
+from agent.raft.single import SNAPSHOT_INTERVAL, SNAPSHOT_THRESHOLD, SingleServerLog
+from agent.raft.snapshots import SnapshotError as SnapshotFileError
+from agent.raft.snapshots import SnapshotStore
+from agent.raft.wal import WriteAheadLog
+from agent.rpc.server import ServerEndpoints
 from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
-from agent.rpc.server import ServerEndpoints
-from agent.single_server import SingleServerLog
-from agent.state import snapshot
-from agent.state.snapshot import SnapshotError
+from agent.state.snapshot import SnapshotError, read_legacy_file
 from agent.state.store import StateStore
 
-__all__ = ["Agent", "SnapshotError", "make_agent"]
+__all__ = ["Agent", "DataDirError", "SnapshotError", "make_agent"]
 
 txaio.use_twisted()
 
-SNAPSHOT_INTERVAL = 5.0  # seconds between snapshots of a changed store (until the Raft log lands)
 CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
+SNAPSHOT_TURN_BYTES = 8 * 1024  # snapshot bytes encoded per reactor turn (~0.3 ms)
 
 
-SnapshotWriter = Callable[[StateStore, Path], None]
+class DataDirError(SnapshotError):
+    """data_dir holds a log or snapshots this agent cannot start from (damaged in the middle,
+    written by a newer version, in use by another process); the message says which file."""
+
+
+class _DaemonThreadPool(ThreadPool):
+    """The log's pool. Daemon threads: an agent that never got to stop (a failed start) must
+    not hang the process's exit on them; a write cut short that way was never acknowledged."""
+
+    threadFactory = staticmethod(lambda *a, **kw: Thread(*a, daemon=True, **kw))
 
 
 class Agent(MultiService):
     """One agent's core. Its background loops are in `loops` (by name: "anti-entropy",
-    "check-reaper", "snapshot"), each counting the ticks that failed."""
+    "check-reaper"), each counting the ticks that failed; the leader's are in `leader`."""
 
     log = txaio.make_logger()
 
     def __init__(self, config: AgentConfig, reactor, *,
-                 snapshot_writer: SnapshotWriter = snapshot.save_file,
-                 persistence: LocalPersistence | None = None) -> None:
+                 persistence: LocalPersistence | None = None, pool: ThreadPool | None = None
+                 ) -> None:
+        """`pool` runs the write-ahead log's file work (a pool of the agent's own, started by
+        `load_state`, when None); only a non-dev agent with a data_dir uses it."""
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.store = StateStore()
-        self.fsm = FSM(self.store, report_error=self._report_error)
-        self.raft = SingleServerLog(self.fsm, address=config.server_rpc_addr)
+        # Watchers woken by a write fire on later reactor turns: the writer is answered first.
+        self.store = StateStore(defer=lambda f: reactor.callLater(0, f),
+                                report_error=self._report_error)
+        self.fsm = FSM(self.store, report_error=self._report_error, clock=reactor.seconds)
+        threshold, interval, trailing = _raft_settings(config)
+        self.raft = SingleServerLog(reactor, self.fsm, address=config.server_rpc_addr,
+                                    server_id=config.node_id, snapshot_threshold=threshold,
+                                    snapshot_interval=interval, trailing_logs=trailing)
+        self.durable = bool(config.data_dir) and not config.dev
+        self._pool = pool
+        self._own_pool = pool is None
+        self._retire_legacy: Path | None = None
         # API registrations live in data_dir whenever there is one, -dev or not, as in Consul.
         if persistence is None and config.data_dir:
             persistence = LocalPersistence(config.data_dir)
         self.persistence = persistence
-        self.local = LocalState(reactor, self.node, self._sync_write,
-                                runner_factory=self._make_runner,
-                                enable_script_checks=getattr(config, "enable_script_checks", False),
-                                enable_local_script_checks=getattr(
-                                    config, "enable_local_script_checks", False),
-                                persistence=self.persistence)
-        self.antientropy = AntiEntropy(reactor, self.local, self.store, self.node, self._sync_write,
-                                       keep_services=frozenset({"consul"} if config.server else ()),
-                                       keep_checks=frozenset({structs.SERF_CHECK_ID}))
         self.sessions = SessionManager(reactor, self.store, self.raft.apply,
                                        lambda: self.config.node_name)
+        self.leader = LeaderDuties(reactor, self.store, self.raft.apply,
+                                   lambda: self.raft.applied_index, sessions=self.sessions,
+                                   member=self._member_registration)
+        self.endpoints = ServerEndpoints(
+            reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
+            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)
+        # This agent's services and checks reach the catalog through the server endpoints, as
+        # a client agent's reach a server over RPC.
+        local = build_local(
+            reactor, InProcessCatalog(self.endpoints.write, self.endpoints.read), self.node,
+            runner_factory=self._make_runner,
+            enable_script_checks=getattr(config, "enable_script_checks", False),
+            enable_local_script_checks=getattr(config, "enable_local_script_checks", False),
+            persistence=self.persistence,
+            check_update_interval=check_update_interval_of(config.settings),
+            keep_services=frozenset({"consul"} if config.server else ()),
+            keep_checks=frozenset({structs.SERF_CHECK_ID}),
+            cluster_size=lambda: len(self.members()))
+        self.local, self.antientropy = local.state, local.antientropy
         self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
-        self._snapshot_writer = snapshot_writer
-        self._saved_index = 0
         self._state_loaded = False
         self.loops = LoopSet()
         self.loops.add(self.antientropy.loop)
         self.loops.add(ResilientLoop(reactor, "check-reaper", self.local.reap_critical,
                                      CHECK_REAP_INTERVAL))
-        if self.snapshot_path() is not None:
-            self.loops.add(ResilientLoop(reactor, "snapshot", self.save_snapshot,
-                                         SNAPSHOT_INTERVAL))
-        self.endpoints = ServerEndpoints(
-            reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
-            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)
-        self.facade = AgentFacade(config, reactor, self.store, self.endpoints, self.local,
+        self.facade = AgentFacade(config, reactor, self.store, self.endpoints, local.endpoints,
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names),
                                   sessions=self.sessions)
+        self.raft.add_leadership_listener(self.leader.leadership_changed)
+        self.raft.add_leadership_listener(self.facade.set_leader_known)
 
     def _make_runner(self, spec, notifier):
         from agent.checks.factory import make_runner
@@ -119,27 +158,6 @@ class Agent(MultiService):
     def _report_error(self, exc: BaseException) -> None:
         self.log.error("error in a state watcher: {exc!r}", exc=exc)
 
-    def _sync_write(self, command: Any) -> Deferred:
-        """Apply a write of the local state (or anti-entropy) and say so once it is in the
-        catalog, in Consul's words ("Synced service: service=web")."""
-        return self.raft.apply(command).addCallback(self._log_synced, command)
-
-    def _log_synced(self, result: Any, command: Any) -> Any:
-        if isinstance(command, Register):
-            if command.service is not None:
-                self.log.info("Synced service: service={service}", service=command.service.id)
-            for check in command.checks:
-                self.log.info("Synced check: check={check}", check=check.check_id)
-            if command.service is None and not command.checks:
-                self.log.info("Synced node info")
-        elif isinstance(command, Deregister):
-            if command.service_id:
-                self.log.info("Deregistered service: service={service}",
-                              service=command.service_id)
-            elif command.check_id:
-                self.log.info("Deregistered check: check={check}", check=command.check_id)
-        return result
-
     def node(self) -> structs.Node:
         addr = self.config.advertise
         return structs.Node(
@@ -147,6 +165,22 @@ class Agent(MultiService):
             datacenter=self.config.datacenter,
             tagged_addresses={"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
             meta={"consul-network-segment": "", **self.config.node_meta})
+
+    def _member_registration(self) -> Register:
+        """This server in the catalog, as Consul's leader registers a member that joined: the
+        node as gossip knows it (no meta, no tagged addresses), its consul service and
+        serfHealth. The agent's own sync writes the node's full info."""
+        node = self.node()
+        c = self.config
+        consul = structs.Service(
+            node=node.name, id="consul", name="consul", port=c.ports.server,
+            meta={"non_voter": "false", "raft_version": "3", "serf_protocol_current": "2",
+                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": VERSION})
+        serf = structs.Check(node=node.name, check_id=structs.SERF_CHECK_ID,
+                             name=structs.SERF_CHECK_NAME, status=structs.PASSING,
+                             output=structs.SERF_ALIVE_OUTPUT)
+        member = replace(node, tagged_addresses={}, meta={})
+        return Register(node=member, service=consul if c.server else None, checks=(serf,))
 
     def member_tags(self) -> dict:
         c = self.config
@@ -164,84 +198,110 @@ class Agent(MultiService):
                        self.member_tags())]
 
     def stats(self) -> dict:
-        c = self.config
-        index = str(self.raft.last_index)
+        raft = self.raft
+        index = str(raft.last_index)
         return {
             "agent": {"check_monitors": "0",
                       "check_ttls": str(sum(1 for lc in self.local.checks.values() if lc.spec.ttl > 0)),
                       "checks": str(len(self.local.checks)), "services": str(len(self.local.services))},
             "build": {"prerelease": "", "revision": "", "version": VERSION},
             "consul": {"acl": "disabled", "bootstrap": "false", "known_datacenters": "1",
-                       "leader": "true", "leader_addr": c.server_rpc_addr, "server": "true"},
-            "raft": {"applied_index": index, "commit_index": index, "fsm_pending": "0",
-                     "last_contact": "0", "last_log_index": index, "last_log_term": "1",
-                     "num_peers": "0", "state": "Leader", "term": "1"},
+                       "leader": str(raft.is_leader).lower(), "leader_addr": raft.leader_address,
+                       "server": "true"},
+            "raft": {"applied_index": str(raft.applied_index), "commit_index": index,
+                     "fsm_pending": "0", "last_contact": "0", "last_log_index": index,
+                     "last_log_term": str(raft.term),
+                     "last_snapshot_index": str(raft.snapshot_index),
+                     "last_snapshot_term": str(raft.snapshot_term), "num_peers": "0",
+                     "state": "Leader" if raft.is_leader else "Follower",
+                     "term": str(raft.term)},
             "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count()),
                         "os": platform.system().lower(),
                         "version": f"python{platform.python_version()}"},
         }
 
-    def snapshot_path(self) -> Path | None:
-        """Where a non-dev agent keeps its state between runs (dev mode is in-memory)."""
-        if self.config.dev or not self.config.data_dir:
+    def legacy_state_path(self) -> Path | None:
+        """Where Waypost versions before the write-ahead log kept the whole state (read once,
+        at the first start of a newer version; None for an agent that keeps nothing)."""
+        if not self.durable:
             return None
         return Path(self.config.data_dir) / "state" / "snapshot.json"
 
-    def save_snapshot(self) -> None:
-        path = self.snapshot_path()
-        if path is None or self.store.index == self._saved_index:
-            return
-        index = self.store.index
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._snapshot_writer(self.store, path)
-        self._saved_index = index
-
     def load_state(self) -> None:
-        """Restore the store from the state file, once; raises `SnapshotError` naming the file
-        and what is wrong with it. `startService` calls it; the runner calls it earlier, so
-        that a damaged file stops the agent before anything starts."""
+        """Bring the state back from data_dir, once: the newest snapshot, then every entry of
+        the log after it, through the FSM. Raises `SnapshotError` (a `DataDirError` for the
+        log and snapshots) naming the file and what is wrong with it. `startService` calls it;
+        the runner calls it earlier, so that a damaged data_dir stops the agent before
+        anything starts."""
         if self._state_loaded:
             return
-        path = self.snapshot_path()
-        if path is not None and path.exists():
-            snapshot.load_file(path, self.store)
-            self.raft.last_index = self.store.index
-            self._saved_index = self.store.index
-            self.log.info("restored state at index {index} from {path}", index=self.store.index,
-                          path=str(path))
+        if self.durable:
+            self._recover_from_disk()
+        else:
+            self.raft.recover()
         self._state_loaded = True
+
+    def _recover_from_disk(self) -> None:
+        data_dir = self.config.data_dir
+        if self._pool is None:
+            self._pool = _DaemonThreadPool(minthreads=0, maxthreads=2, name="waypost-raft")
+        try:
+            wal = WriteAheadLog.open_now(self.reactor, self._pool, data_dir)
+            snapshots = SnapshotStore.prepare_now(self.reactor, self._pool, data_dir,
+                                                  turn_bytes=SNAPSHOT_TURN_BYTES)
+        except (LogError, SnapshotFileError, OSError) as exc:
+            raise DataDirError(str(exc)) from None
+        legacy_path = self.legacy_state_path()
+        legacy = None
+        try:
+            if legacy_path.exists():
+                if snapshots.latest_now() is None:
+                    legacy = read_legacy_file(legacy_path)  # SnapshotError names the file
+                self._retire_legacy = legacy_path
+            self.raft.recover(wal, snapshots, legacy=legacy)
+        except SnapshotError:
+            raise
+        except (LogError, SnapshotFileError, OSError) as exc:
+            raise DataDirError(str(exc)) from None
+        if legacy is not None:
+            self.log.info("restored state at index {index} from {path} (a state file of an "
+                          "older version; the write-ahead log takes over)",
+                          index=legacy.index, path=str(legacy_path))
+        if self._own_pool and not self._pool.started:
+            self._pool.start()
 
     def startService(self) -> None:
         self.load_state()
-        self.raft.bootstrap()
-        node = self.node()
-        c = self.config
-        # A server shows itself in the catalog the way Consul's leader does when the member
-        # joins: the node as gossip knows it (no meta, no tagged addresses), its consul
-        # service and serfHealth. The agent's own sync below then writes the node's full info,
-        # so, as in Consul, the first answers carry an index past 1.
-        consul = structs.Service(
-            node=node.name, id="consul", name="consul", port=c.ports.server,
-            meta={"non_voter": "false", "raft_version": "3", "serf_protocol_current": "2",
-                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": VERSION})
-        serf = structs.Check(node=node.name, check_id=structs.SERF_CHECK_ID,
-                             name=structs.SERF_CHECK_NAME, status=structs.PASSING,
-                             output=structs.SERF_ALIVE_OUTPUT)
-        member = replace(node, tagged_addresses={}, meta={})
-        self.raft.apply(Register(node=member, service=consul if c.server else None,
-                                 checks=(serf,)))
+        # The one server wins its election at once: commands are accepted from here on, and
+        # the leader duties (its own catalog entry, session timers, tombstone GC) start once
+        # the log is applied to its end.
+        self.raft.start()
+        if self._retire_legacy is not None:
+            self._retire_legacy_state(self._retire_legacy)
         saved = self.persistence.load() if self.persistence is not None else Saved()
         self.local.expect_saved_states(saved.states)
         self._register_config(self.config)
         self.local.restore(saved)  # API registrations of the last run; the config's win
-        self.sessions.start()  # the one server leads: TTL timers run here
         self.local.start()
         # Consul's state syncer runs a full sync at once, then on its interval.
         self.antientropy.start(now=True)
         self.loops["check-reaper"].start()
-        if "snapshot" in self.loops:
-            self.loops["snapshot"].start()
         super().startService()
+
+    def _retire_legacy_state(self, path: Path) -> None:
+        """Once a snapshot of the log holds what the old state file held, remove the file."""
+        self._retire_legacy = None
+
+        def remove(_: Any) -> None:
+            path.unlink(missing_ok=True)
+            self.log.info("removed the old state file {path}: the snapshots of the log hold "
+                          "its state", path=str(path))
+        if self.raft.snapshot_index > 0:
+            remove(None)
+            return
+        self.raft.take_snapshot().addCallbacks(remove, lambda f: self.log.failure(
+            "the first snapshot after restoring {path} failed; the file stays", f,
+            path=str(path)))
 
     def _register_config(self, config: AgentConfig) -> None:
         for definition in getattr(config, "services", ()):
@@ -289,20 +349,35 @@ class Agent(MultiService):
             except Exception:
                 self.log.failure("a reload listener failed")
 
-    def stopService(self):
-        self.sessions.stop()
+    def stopService(self) -> Deferred:
         self.local.stop()
         self.antientropy.stop()
         self.loops.stop()
-        try:
-            self.save_snapshot()
-        except OSError as exc:  # the last snapshot tick's file stays; stopping goes on
-            self.log.error("Failed saving the state file at shutdown: {error}", error=exc)
-        return super().stopService()
+        # Leadership ends (the leader duties stop), then the log closes once what was
+        # appended is durable, then its pool.
+        d = maybeDeferred(self.raft.stop)
+        d.addErrback(lambda f: self.log.failure("closing the log failed", f))
+        d.addBoth(self._stop_pool)
+        d.addBoth(lambda _: super(Agent, self).stopService())
+        return d
+
+    def _stop_pool(self, _: Any) -> None:
+        if self._own_pool and self._pool is not None and self._pool.started:
+            self._pool.stop()
 
 
-def make_agent(config: AgentConfig, reactor, *,
-               snapshot_writer: SnapshotWriter = snapshot.save_file,
-               persistence: LocalPersistence | None = None) -> Agent:
-    """The core of one agent; `snapshot_writer` and `persistence` default to the real disk."""
-    return Agent(config, reactor, snapshot_writer=snapshot_writer, persistence=persistence)
+def _raft_settings(config: Any) -> tuple[int, float, int]:
+    """raft_snapshot_threshold, raft_snapshot_interval and raft_trailing_logs (0: default)."""
+    settings = getattr(config, "settings", None) or {}
+    threshold = settings.get("raft_snapshot_threshold") or SNAPSHOT_THRESHOLD
+    interval = settings.get("raft_snapshot_interval")
+    interval = parse_duration(interval) if interval else SNAPSHOT_INTERVAL
+    trailing = settings.get("raft_trailing_logs") or 0
+    return int(threshold), float(interval or SNAPSHOT_INTERVAL), int(trailing)
+
+
+def make_agent(config: AgentConfig, reactor, *, persistence: LocalPersistence | None = None,
+               pool: ThreadPool | None = None) -> Agent:
+    """The core of one agent; `persistence` defaults to the real disk, `pool` to the log's own
+    thread pool."""
+    return Agent(config, reactor, persistence=persistence, pool=pool)

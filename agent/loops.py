@@ -61,6 +61,15 @@ class ResilientLoop:
             self._timer.cancel()
         self._timer = None
 
+    def run_within(self, delay: float) -> None:
+        """Bring the next tick forward to at most `delay` seconds from now (anti-entropy
+        retries a failed sync sooner than its interval). A tick in flight is left alone: it
+        schedules the next one itself when it ends."""
+        timer = self._timer
+        if self.running and timer is not None and timer.active():
+            if timer.getTime() - self._reactor.seconds() > delay:
+                timer.reset(delay)
+
     def _delay(self) -> float:
         interval = self._interval
         return float(interval() if callable(interval) else interval)

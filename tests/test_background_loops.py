@@ -12,16 +12,17 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import LogLevel, capturedLogs
 
-from agent.agent import CHECK_REAP_INTERVAL, SNAPSHOT_INTERVAL, make_agent
+from agent.agent import CHECK_REAP_INTERVAL, make_agent
 from agent.config.model import AgentConfig
 from agent.definitions import CheckSpec, ServiceDefinition
-from agent.fsm.commands import Deregister
-from agent.local.antientropy import AntiEntropy
+from agent.fsm.commands import Deregister, KVOperation
+from agent.local.antientropy import RETRY_INTERVAL, AntiEntropy
+from agent.local.catalog import InProcessCatalog
 from agent.local.persist import LocalPersistence
 from agent.local.state import LocalState
 from agent.loops import LoopSet, ResilientLoop
-from agent.state import snapshot
-from agent.structs import CheckDefinition, Node, Service
+from agent.structs import CheckDefinition, KVEntry, Node, Service
+from tests.inline import InlinePool, ThreadedClock
 
 NODE_ID = "00000000-0000-0000-0000-000000000001"
 
@@ -113,8 +114,12 @@ def test_loop_names_are_unique():
 
 
 def agent_with(tmp_path: Path, clock: task.Clock, **collaborators):
-    config = AgentConfig(node_name="me", node_id=NODE_ID, data_dir=str(tmp_path))
-    agent = make_agent(config, clock, **collaborators)
+    """A non-dev agent on a data_dir, its log's file work run inline (see tests.inline)."""
+    config = AgentConfig(node_name="me", node_id=NODE_ID, data_dir=str(tmp_path),
+                         settings={"raft_snapshot_threshold": 5})
+    if not hasattr(clock, "callFromThread"):
+        clock.callFromThread = lambda f, *a, **kw: f(*a, **kw)
+    agent = make_agent(config, clock, pool=InlinePool(), **collaborators)
     agent.startService()
     return agent
 
@@ -123,27 +128,37 @@ def test_the_agent_runs_every_loop_through_the_resilient_wrapper(tmp_path):
     agent = agent_with(tmp_path, task.Clock())
     try:
         # A new loop must join this list, and get a survival test below.
-        assert {loop.name for loop in agent.loops} == {"anti-entropy", "check-reaper", "snapshot"}
+        assert {loop.name for loop in agent.loops} == {"anti-entropy", "check-reaper"}
         assert all(isinstance(loop, ResilientLoop) and loop.running for loop in agent.loops)
-        assert agent.loops.failures() == {"anti-entropy": 0, "check-reaper": 0, "snapshot": 0}
+        assert agent.loops.failures() == {"anti-entropy": 0, "check-reaper": 0}
+        # The leader's own loop runs while it leads.
+        assert agent.leader.reconciler.running
     finally:
         agent.stopService()
     assert not any(loop.running for loop in agent.loops)
+    assert not agent.leader.reconciler.running
 
 
-def test_snapshot_loop_survives_emfile(tmp_path):
-    clock = task.Clock()
-    writer = Flaky(snapshot.save_file)
-    agent = agent_with(tmp_path, clock, snapshot_writer=writer)
+def test_a_snapshot_that_fails_is_logged_and_the_next_check_takes_it(tmp_path, monkeypatch):
+    """Snapshots of the log are taken in the background; one that fails (EMFILE opening the
+    file) is logged, and the next check succeeds."""
+    clock = ThreadedClock()
+    agent = agent_with(tmp_path, clock)
     try:
-        with capturedLogs():
-            clock.advance(SNAPSHOT_INTERVAL)
-        assert agent.loops["snapshot"].failures == 1
-        assert not agent.snapshot_path().exists()
-        clock.advance(SNAPSHOT_INTERVAL)  # the next tick writes what the failed one could not
-        assert agent.snapshot_path().exists()
-        assert snapshot.load_file(agent.snapshot_path()).index == agent.store.index
-        assert agent.loops["snapshot"].failures == 1
+        snapshots = agent.raft._snapshots
+        monkeypatch.setattr(snapshots, "begin", Flaky(snapshots.begin))
+        with capturedLogs() as events:
+            for i in range(10):
+                agent.facade.write(KVOperation("set", KVEntry(f"k{i}", b"v")))
+                if snapshots.begin.calls:
+                    break
+        assert any("taking a snapshot" in (e.get("log_format") or "") for e in events)
+        assert agent.raft.snapshots_taken == 0
+        agent.facade.write(KVOperation("set", KVEntry("one-more", b"v")))  # checks again
+        for _ in range(5):
+            clock.advance(0)  # the chunks are written a few per reactor turn
+        assert agent.raft.snapshots_taken == 1
+        assert list((tmp_path / "raft" / "snapshots").glob("*.snap"))
     finally:
         agent.stopService()
 
@@ -180,7 +195,9 @@ def test_check_reaper_survives_a_refusing_disk(tmp_path):
 def anti_entropy_with(agent, write) -> AntiEntropy:
     """The agent's anti-entropy, rebuilt around another catalog write (its collaborator)."""
     agent.antientropy.stop()
-    return AntiEntropy(agent.reactor, agent.local, agent.store, agent.node, write)
+    agent.local.sync.catalog = InProcessCatalog(lambda command, request: write(command),
+                                                agent.facade.read)
+    return AntiEntropy(agent.reactor, agent.local)
 
 
 def test_anti_entropy_survives_a_raising_write(tmp_path):
@@ -191,12 +208,11 @@ def test_anti_entropy_survives_a_raising_write(tmp_path):
             service=Service(node="", id="web", name="web"), checks=()))
         agent.raft.apply(Deregister(node="me", service_id="web"))  # drift to repair
         antientropy = anti_entropy_with(agent, Flaky(agent.raft.apply))
-        antientropy.start()
         with capturedLogs():
-            clock.advance(60 * 1.5 + 1)  # the interval plus the largest stagger
+            antientropy.start(now=True)  # the first sync's write raises
         assert antientropy.loop.failures == 1
         assert "web" not in agent.store.catalog.services["me"]
-        clock.advance(60 * 1.5 + 1)
+        clock.advance(2 * RETRY_INTERVAL)  # retried with backoff, before the next interval
         assert "web" in agent.store.catalog.services["me"]
         assert antientropy.loop.failures == 1
         antientropy.stop()
@@ -228,8 +244,8 @@ def test_anti_entropy_counts_a_refused_write_and_retries(tmp_path):
 def test_a_failed_write_after_a_ttl_expiry_is_logged_not_left_unhandled():
     clock = task.Clock()
     writes = iter([succeed(None), succeed(None)])  # the registration and the pass succeed
-    local = LocalState(clock, lambda: Node(name="me", address="127.0.0.1"),
-                       lambda c: next(writes, None) or fail(emfile()))
+    local = LocalState(clock, lambda: Node(name="me", address="127.0.0.1"), InProcessCatalog(
+        lambda command, request: next(writes, None) or fail(emfile()), read=None))
     local.add_check(CheckSpec(check_id="t", name="t", ttl=5, type="ttl"))
     local.update_ttl("t", "passing", "")
     with capturedLogs() as events:
@@ -266,15 +282,16 @@ def test_a_configured_watch_survives_an_answer_it_cannot_read():
 def test_a_session_ttl_invalidation_that_fails_is_retried():
     """The TTL timer of a session survives a write that raises: Consul's leader retries."""
     from agent.fsm.apply import FSM
-    from agent.sessions import INVALIDATE_RETRY, SessionManager
-    from agent.single_server import SingleServerLog
-    from agent.state.store import StateStore
     from agent.fsm.commands import Register, SessionDestroy
+    from agent.raft.single import SingleServerLog
+    from agent.sessions import INVALIDATE_RETRY, SessionManager
+    from agent.state.store import StateStore
     from agent.structs import Check, Node
 
     clock = task.Clock()
     store = StateStore()
-    log = SingleServerLog(FSM(store))
+    log = SingleServerLog(clock, FSM(store))
+    log.start()
     log.apply(Register(node=Node("n1", "10.0.0.1"),
                        checks=(Check(node="n1", check_id="serfHealth", name="serf",
                                      status="passing"),)))

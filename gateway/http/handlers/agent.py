@@ -1,32 +1,33 @@
-"""/v1/agent/*: this agent's own facts and its local services and checks."""
+"""/v1/agent/*: this agent's own facts and its local services and checks.
+
+The services and checks are read and written through the facade's seams (agent-local queries
+and `local_commands`); the core answers `?filter=` and the hash blocking of a service."""
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred
 
 from agent import structs
-from agent.errors import InvalidRequest, NotFound
+from agent.errors import InvalidRequest
 from agent.facade import (
-    HEALTH_CHECK,
-    NODE_SERVICE,
     VERSION,
     WAYPOST_VERSION,
+    WriteRequest,
+    local_commands,
     parse_check_definition,
     parse_service_definition,
+    queries,
 )
 from gateway.http import encode, encode_self
 from gateway.http.api import VARY
 from gateway.http.decode import flag, json_body
-from gateway.http.handlers.catalog import expression
 from gateway.http.request import Response
 from gateway.http.results import EMPTY
 
-# Consul's maintenance-mode check IDs: such a check makes the aggregate "maintenance".
-NODE_MAINT = "_node_maintenance"
-SERVICE_MAINT_PREFIX = "_service_maintenance:"
 # /v1/agent/health/service/* answers a load balancer: the status code is the verdict.
 HEALTH_CODES = {structs.PASSING: 200, structs.WARNING: 429, structs.CRITICAL: 503}
-
 
 
 def self_info(facade, request, params, arg):
@@ -50,34 +51,27 @@ def members(facade, request, params, arg):
 
 
 def services(facade, request, params, arg):
-    services_filter = expression(request, NODE_SERVICE)  # api.AgentService: the same fields
-    found = {sid: encode.agent_service(s) for sid, s in sorted(facade.local.services.items())}
-    return found if services_filter is None else services_filter.select_values(found)
+    found = facade.read(queries.AgentServices(), params.options).value  # ?filter= in the core
+    return {sid: encode.agent_service(s) for sid, s in found.items()}
 
 
 def service(facade, request, params, service_id: str):
-    found = facade.local.services.get(service_id)
-    if found is None:
-        raise NotFound(f"unknown service ID: {service_id}")
-    body = encode.agent_service(found)
-    # Consul's hash is of its Go struct; ours need only change when the service does.
-    digest = hashlib.sha256(encode.dumps(body, False)).hexdigest()[:16]
+    options = params.options
+    wanted = request.query.get("hash", [""])[0]
+    if wanted:  # Consul's hash-based blocking: wait until the content hash differs
+        options = replace(options, hash=wanted)
+    result = facade.read(queries.AgentService(service_id), options)
+    if isinstance(result, Deferred):
+        return result.addCallback(_service_answer, params)
+    return _service_answer(result, params)
+
+
+def _service_answer(result, params) -> Response:
+    digest = result.meta.hash
+    body = encode.agent_service(result.value)
     body["ContentHash"] = digest
     return Response(200, encode.dumps(body, params.pretty),
                     [VARY, (b"X-Consul-ContentHash", digest.encode())])
-
-
-def _aggregate(facade, service_id: str) -> tuple[str, list]:
-    """The service's local checks and their worst status, as Consul aggregates them."""
-    found = [lc.check for cid, lc in sorted(facade.local.checks.items())
-             if lc.check.service_id == service_id]
-    statuses = {c.status for c in found}
-    if any(c.check_id == NODE_MAINT or c.check_id.startswith(SERVICE_MAINT_PREFIX) for c in found):
-        return structs.MAINTENANCE, found
-    for status in (structs.CRITICAL, structs.WARNING):
-        if status in statuses:
-            return status, found
-    return structs.PASSING, found
 
 
 def _health_answer(request, params, code: int, reason: str, payload) -> Response:
@@ -93,62 +87,65 @@ def _wants_text(request) -> bool:
     return request.query.get("format", [""])[0] == "text"
 
 
+def _health_payload(health) -> dict:
+    return encode.agent_service_health(health.status, health.service, list(health.checks))
+
+
 def health_service_by_id(facade, request, params, service_id: str):
-    found = facade.local.services.get(service_id)
-    if found is None:
+    health = facade.read(queries.AgentHealthServiceByID(service_id), params.options).value
+    if health is None:
         payload = encode.agent_service_health(structs.CRITICAL, None, None)
         return _health_answer(request, params, 404, f"ServiceId {service_id} not found", payload)
-    status, checks = _aggregate(facade, service_id)
-    payload = encode.agent_service_health(status, found, checks)
-    return _health_answer(request, params, HEALTH_CODES.get(status, 503), status, payload)
+    return _health_answer(request, params, HEALTH_CODES.get(health.status, 503), health.status,
+                          _health_payload(health))
 
 
 def health_service_by_name(facade, request, params, name: str):
     code, reason, payload = 404, f"ServiceName {name} Not Found", []
-    for sid, svc in sorted(facade.local.services.items()):
-        if svc.name != name:
-            continue
-        status, checks = _aggregate(facade, sid)
-        payload.append(encode.agent_service_health(status, svc, checks))
-        scode = HEALTH_CODES.get(status, 503)
+    for health in facade.read(queries.AgentHealthServiceByName(name), params.options).value:
+        payload.append(_health_payload(health))
+        scode = HEALTH_CODES.get(health.status, 503)
         # The worst instance decides: passing 200 < warning 429 < critical 503.
         if code == 404 or scode > code:
-            code, reason = scode, status
+            code, reason = scode, health.status
     return _health_answer(request, params, code, reason, payload)
 
 
 def checks(facade, request, params, arg):
-    # As Consul: selectors and values are checked only once there is a check to filter.
-    checks_filter = expression(request, HEALTH_CHECK, lazy=True)
-    found = {cid: encode.check(lc.check, with_indexes=False)
-             for cid, lc in sorted(facade.local.checks.items())}
-    return found if checks_filter is None else checks_filter.select_values(found)
+    found = facade.read(queries.AgentChecks(), params.options).value  # ?filter= in the core
+    return {cid: encode.check(check, with_indexes=False) for cid, check in found.items()}
+
+
+def _applied(facade, command, params):
+    """An agent-local write; answers 200 with no body once the change is synced (or failed
+    to be: the agent retries it, as Consul's does)."""
+    return facade.write(command, WriteRequest(token=params.options.token)).addCallback(
+        lambda _: EMPTY)
 
 
 def register_service(facade, request, params, arg):
     definition = parse_service_definition(json_body(request), facade.schemas)
-    replace = flag(request, "replace-existing-checks")
-    return facade.local.add_service(definition, replace_existing_checks=replace).addCallback(
-        lambda _: EMPTY)
+    replace_checks = flag(request, "replace-existing-checks")
+    return _applied(facade, local_commands.RegisterService(definition, replace_checks), params)
 
 
 def deregister_service(facade, request, params, service_id: str):
-    return facade.local.remove_service(service_id).addCallback(lambda _: EMPTY)
+    return _applied(facade, local_commands.DeregisterService(service_id), params)
 
 
 def register_check(facade, request, params, arg):
     spec = parse_check_definition(json_body(request), facade.schemas)
-    return facade.local.add_check(spec).addCallback(lambda _: EMPTY)
+    return _applied(facade, local_commands.RegisterCheck(spec), params)
 
 
 def deregister_check(facade, request, params, check_id: str):
-    return facade.local.remove_check(check_id).addCallback(lambda _: EMPTY)
+    return _applied(facade, local_commands.DeregisterCheck(check_id), params)
 
 
 def _ttl(status: str):
     def handler(facade, request, params, check_id: str):
         note = request.query.get("note", [""])[0]
-        return facade.local.update_ttl(check_id, status, note).addCallback(lambda _: EMPTY)
+        return _applied(facade, local_commands.UpdateTTL(check_id, status, note), params)
     return handler
 
 
@@ -177,7 +174,7 @@ def check_update(facade, request, params, check_id: str):
                                  f"checkUpdate.{name} of type string")
     if status not in (structs.PASSING, structs.WARNING, structs.CRITICAL):
         raise InvalidRequest(f"Invalid check status: '{status}'")
-    return facade.local.update_ttl(check_id, status, output).addCallback(lambda _: EMPTY)
+    return _applied(facade, local_commands.UpdateTTL(check_id, status, output), params)
 
 
 def _json_kind(value) -> str:

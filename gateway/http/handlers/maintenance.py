@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.errors import InvalidRequest, WaypostError
+from agent.facade import WriteRequest, local_commands
 from gateway.http.results import EMPTY
 
 _BOOLS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
@@ -18,10 +19,15 @@ def _enable(request) -> bool:
     return value
 
 
+def _applied(facade, command, params):
+    return facade.write(command, WriteRequest(token=params.options.token)).addCallback(
+        lambda _: EMPTY)
+
+
 def node(facade, request, params, arg):
     enable = _enable(request)
     reason = request.query.get("reason", [""])[0]
-    return facade.local.set_node_maintenance(enable, reason).addCallback(lambda _: EMPTY)
+    return _applied(facade, local_commands.NodeMaintenance(enable, reason), params)
 
 
 def service(facade, request, params, service_id: str):
@@ -29,8 +35,8 @@ def service(facade, request, params, service_id: str):
         raise InvalidRequest("Missing service ID")
     enable = _enable(request)
     reason = request.query.get("reason", [""])[0]
-    return facade.local.set_service_maintenance(service_id, enable, reason).addCallback(
-        lambda _: EMPTY)
+    return _applied(facade, local_commands.ServiceMaintenance(service_id, enable, reason),
+                    params)
 
 
 def reload(facade, request, params, arg):
