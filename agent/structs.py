@@ -20,6 +20,11 @@ SERF_CHECK_ID = "serfHealth"
 SERF_CHECK_NAME = "Serf Health Status"
 SERF_ALIVE_OUTPUT = "Agent alive and reachable"
 
+# The checks that put a node, or one of its services, in maintenance mode, as Consul names
+# them (its structs.NodeMaint and structs.ServiceMaintPrefix + the service ID).
+NODE_MAINT = "_node_maintenance"
+SERVICE_MAINT_PREFIX = "_service_maintenance:"
+
 
 @dataclass(frozen=True, slots=True)
 class Weights:

@@ -5,6 +5,11 @@ found through the ``waypost`` entry-point group; the bundled HTTP API is loaded 
 Hooks run on the reactor thread and must not block. A hook may return a plain value, a Deferred
 or a coroutine; the host normalises them. Arguments are passed by keyword, so an
 implementation may declare only the ones it needs, and new arguments can be added later.
+
+Besides the hooks, plugins get here what they would otherwise copy from the core: Go duration
+parsing and formatting (`parse_duration`, `go_duration`), Consul's maintenance check IDs
+(`NODE_MAINT`, `SERVICE_MAINT_PREFIX`), the wait/quiescence timer (`Quiescence`) and the HTTP
+`Request`/`Response` a route handler takes and gives (`waypost_http_routes`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pluggy
+
+from agent.errors import InvalidRequest
+from agent.facade import go_duration
+from agent.facade import parse_duration as _parse_duration
+from agent.structs import NODE_MAINT, SERVICE_MAINT_PREFIX
+from gateway.http.request import Request, Response
+from gateway.quiescence import Quiescence
+
+__all__ = [
+    "PROJECT", "hookspec", "hookimpl", "ServiceInstance", "NodeInfo", "KVItem", "CatalogView",
+    "CatalogFeed", "FrontendHooks", "HTTPRoutes", "Request", "Response", "Quiescence",
+    "parse_duration", "go_duration", "NODE_MAINT", "SERVICE_MAINT_PREFIX",
+]
 
 PROJECT = "waypost"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -73,6 +91,20 @@ class CatalogView:
         return tuple(i for i in self.services.get(name, ()) if i.status not in bad)
 
 
+# --- helpers plugins share with the core -------------------------------------------------
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration string ("0", "250ms", "1.5h", "2h45m15s"), as Consul and
+    consul-template read them; ValueError (naming the text) for anything else, negatives
+    included. `go_duration(seconds)` writes one back as Go prints it ("1m30s")."""
+    if not isinstance(text, str):
+        raise ValueError(f"invalid duration {text!r}: expected a string such as \"250ms\"")
+    try:
+        return _parse_duration(text)
+    except InvalidRequest as exc:
+        raise ValueError(str(exc)) from None
+
+
 # --- start-up ---------------------------------------------------------------------------
 
 @hookspec
@@ -97,16 +129,54 @@ class CatalogFeed:
     """
 
 
+class FrontendHooks:
+    """What a frontend may ask of the other plugins while it builds itself, handed to
+    `waypost_frontends` as ``hooks`` (the host implements it).
+
+    - ``http_routes(routes)``: calls every plugin's `waypost_http_routes` with ``routes``
+      (the HTTP frontend does, once, after adding Consul's routes to its table).
+    """
+
+
+class HTTPRoutes:
+    """The HTTP API's route table as `waypost_http_routes` sees it (the HTTP frontend
+    implements it).
+
+    - ``add(path, methods, handler, prefix=None)``: answer ``methods`` (``("GET", "PUT")``;
+      HEAD comes with GET) on ``path``. A path ending in "/" matches everything below it
+      (``prefix=False`` makes it exact). ``handler(request, arg)`` gets the `Request` and the
+      part of the path below a prefix ("" on an exact path), and returns a `Response`, or a
+      Deferred or coroutine of one; cancelling that Deferred means the client went away. A
+      path somebody already serves raises ValueError.
+    """
+
+
 @hookspec
 def waypost_frontends(facade: Any, reactor: Any, config: Mapping[str, Any],
-                      catalog: CatalogFeed) -> list | None:
+                      catalog: CatalogFeed, hooks: FrontendHooks) -> list | None:
     """Return a list of ``twisted.application.service.IService`` to run with the agent.
 
     ``facade`` is the agent's `AgentFacade` (read, write, watch) for frontends that serve
     clients; ``catalog`` is the read-only `CatalogFeed` most plugins need instead; ``reactor``
     is the reactor to use for every timer and socket (never import the global one); ``config``
-    is this plugin's validated settings (``{}`` when none). The services are started after the
-    core and stopped before it, in reverse order. Called once at start-up.
+    is this plugin's validated settings (``{}`` when none); ``hooks`` lets a frontend call
+    other plugins' hooks while it builds itself (`FrontendHooks`). The services are started
+    after the core and stopped before it, in reverse order. Called once at start-up.
+    """
+
+
+@hookspec
+def waypost_http_routes(routes: HTTPRoutes, facade: Any, reactor: Any,
+                        config: Mapping[str, Any]) -> None:
+    """Add routes to the agent's HTTP API with ``routes.add(...)`` (`HTTPRoutes`).
+
+    Called once, when the HTTP frontend builds its route table at start-up, before it
+    listens: add every route before returning (a Deferred returned is not waited for).
+    ``facade``, ``reactor`` and ``config`` are those `waypost_frontends` gets. Consul's routes
+    come first and cannot be replaced. These routes are answered by this agent itself
+    (``?dc`` does not apply) and read their own query fields (``request.query``): Consul's
+    shared ones (``?index``, ``?wait``, ``?stale``, ...) are not parsed for them. A plugin that
+    raises is logged; the agent starts with the routes it added before raising.
     """
 
 

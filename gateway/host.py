@@ -79,17 +79,31 @@ class PluginHost:
         """Collect the services every plugin contributes; a failing plugin contributes none."""
         from gateway.feed import CatalogFeed
         feed = CatalogFeed(facade, self.reactor)
+        hooks = FrontendHooks(self, facade, plugin_config)
         services = []
-        for impl in reversed(self._impls("waypost_frontends")):
-            try:
-                args = {"facade": facade, "reactor": self.reactor, "catalog": feed,
-                        "config": plugin_config.get(impl.plugin_name, {})}
-                result = impl.function(**{k: args[k] for k in impl.argnames})
-            except Exception:
-                self.log.failure("plugin {plugin} failed in waypost_frontends", plugin=impl.plugin_name)
-                continue
+        for _, result in self.call_each("waypost_frontends", facade, plugin_config,
+                                        catalog=feed, hooks=hooks, reverse=True):
             services.extend(result or ())
         return services
+
+    def call_each(self, hook: str, facade, plugin_config: dict, reverse: bool = False,
+                  **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call `hook` of every plugin now, each with the arguments it declares (``facade``,
+        ``reactor``, its own ``config`` and `kwargs`); (plugin name, result) of those that
+        did not raise. A plugin that raises is logged with its name and skipped."""
+        impls = self._impls(hook)
+        done = []
+        for impl in reversed(impls) if reverse else impls:
+            args = {"facade": facade, "reactor": self.reactor,
+                    "config": plugin_config.get(impl.plugin_name, {}), **kwargs}
+            try:
+                result = impl.function(**{k: args[k] for k in impl.argnames})
+            except Exception:  # noqa: BLE001 - one plugin's bug must not stop the agent
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=impl.plugin_name,
+                                 hook=hook)
+                continue
+            done.append((impl.plugin_name, result))
+        return done
 
     def validate_config(self, settings: dict) -> None:
         """Check each plugin's settings against the schema it declares, before anything starts.
@@ -155,6 +169,21 @@ class PluginHost:
             if queued is not None:
                 self._offer(*queued)
         self._call_one(impl, view=view, index=view.index).addBoth(done)
+
+
+class FrontendHooks:
+    """`hookspecs.FrontendHooks`: the hooks a frontend calls on every plugin while it builds
+    itself, with the same ``facade``, ``reactor`` and per-plugin ``config`` the frontends got."""
+
+    def __init__(self, host: PluginHost, facade, plugin_config: dict) -> None:
+        self._host = host
+        self._facade = facade
+        self._plugin_config = plugin_config
+
+    def http_routes(self, routes: Any) -> None:
+        """Let every plugin add its routes (`waypost_http_routes`) to ``routes``."""
+        self._host.call_each("waypost_http_routes", self._facade, self._plugin_config,
+                             routes=routes)
 
 
 class PluginServices(MultiService):

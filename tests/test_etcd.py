@@ -15,7 +15,14 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred
 
+from agent.facade import QueryMeta, ReadResult, Session, queries
+from agent.structs import KVEntry
+from gateway.etcd.keys import Keys
+from gateway.etcd.reads import Expiries
+from gateway.http.request import Request
 from tests.agentproc import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed")
@@ -271,6 +278,35 @@ def test_wait_returns_a_past_event_at_once_and_blocks_for_a_new_one(agent):
     assert status == 200 and event["action"] == "delete" and event["node"]["key"] == "/w/k"
 
 
+def test_a_past_delete_is_reported_to_a_watch_that_asks_for_it(agent):
+    """Between two polls of a watcher (waitIndex = the last index it saw + 1) a key was
+    deleted: the next watch answers with that deletion at once, from the tombstone."""
+    _, _, body = put(agent, "/past/k", "a")
+    seen = body["node"]["modifiedIndex"]
+    _, headers, gone = etcd(agent, "DELETE", "/past/k")
+    deleted_at = gone["node"]["modifiedIndex"]
+    assert int(headers["X-Etcd-Index"]) == deleted_at > seen
+    put(agent, "/past/other", "later")  # a later change under the same directory
+    status, _, event = etcd(agent, "GET", "/past", {"wait": "true", "recursive": "true",
+                                                    "waitIndex": str(seen + 1)})
+    assert status == 200 and event["action"] == "delete"
+    assert event["node"] == {"key": "/past/k", "modifiedIndex": deleted_at}
+
+
+def test_writes_answer_the_index_they_were_applied_at(agent):
+    status, headers, body = etcd(agent, "POST", "/queue", form={"value": "job"})
+    node = body["node"]
+    assert status == 201 and node["createdIndex"] == node["modifiedIndex"]
+    assert int(headers["X-Etcd-Index"]) == node["modifiedIndex"]
+    assert node["key"] == "/queue/%020d" % node["createdIndex"]  # named after its index
+    assert consul_kv(agent, node["key"][1:])["ModifyIndex"] == node["modifiedIndex"]
+    _, headers, body = etcd(agent, "PUT", "/queue/dir", form={"dir": "true"})
+    assert int(headers["X-Etcd-Index"]) == body["node"]["modifiedIndex"]
+    status, _, got = etcd(agent, "GET", "/queue", {"quorum": "true", "recursive": "true"})
+    assert status == 200 and [n["key"] for n in got["node"]["nodes"]] == [node["key"],
+                                                                          "/queue/dir"]
+
+
 def test_keys_are_shared_with_the_consul_api(agent):
     agent.request("PUT", "/v1/kv/both/consul", b"c-value")
     agent.request("PUT", "/v1/kv/both/folder/", b"")
@@ -366,3 +402,57 @@ def test_ttl_keys_expire_unless_kept_alive(agent):
     out, err = kept.communicate(timeout=10)
     assert kept.returncode == 0 and "destroyed; deleted: exp/kept" in out, err
     assert consul_kv(agent, "exp/kept") is None
+
+
+# -- the frontend against a fake core (no process): blocking reads and TTL deadlines -----------
+
+class ParkingFacade:
+    """Answers KV reads at index 10; a blocking read parks until the test answers it."""
+
+    config = type("Config", (), {"datacenter": "dc1", "node_id": "n-1", "node_name": "n"})
+
+    def __init__(self) -> None:
+        self.parked: list[Deferred] = []
+
+    def local_index(self, consistency):
+        return 10
+
+    def read(self, query, options):
+        if isinstance(query, queries.KVList) and options.min_index:
+            parked = Deferred(lambda d: self.parked.remove(d))
+            self.parked.append(parked)
+            return parked
+        return ReadResult([], QueryMeta(index=10))
+
+
+def test_a_watch_is_a_blocking_read_and_a_gone_client_cancels_it():
+    facade = ParkingFacade()
+    keys = Keys(facade, Expiries(task.Clock()))
+    answer = keys(Request("GET", "/v2/keys/k", raw_query=b"wait=true"), "k")
+    assert not answer.called and len(facade.parked) == 1
+    facade.parked.pop().callback(ReadResult([KVEntry("k", b"v", create_index=11, modify_index=11)],
+                                         QueryMeta(index=11)))
+    response = answer.result
+    assert json.loads(response.body) == {"action": "set", "node": {
+        "key": "/k", "value": "v", "modifiedIndex": 11, "createdIndex": 11}}
+    assert (b"X-Etcd-Index", b"10") in response.headers  # where the watch started
+    waiting = keys(Request("GET", "/v2/keys/k", raw_query=b"wait=true&recursive=true"), "k")
+    assert len(facade.parked) == 1
+    waiting.cancel()  # the client went away
+    assert facade.parked == [] and waiting.called
+    waiting.addErrback(lambda failure: None)
+
+
+def test_ttl_deadlines_count_down_from_the_last_write_noted_here():
+    clock = task.Clock()
+    clock.advance(1_000_000)
+    expiries = Expiries(clock)
+    session = Session(id="s1", ttl=20.0, behavior="delete")
+    expiries.note("s1", 20.0)
+    clock.advance(15)
+    assert expiries.info(session) == (25, "1970-01-12T13:47:20Z")
+    assert expiries.info(Session(id="elsewhere", ttl=20.0))[0] == 40  # the longest it may live
+    clock.advance(30)  # past the noted deadline: renewed by someone else since
+    assert expiries.info(session)[0] == 40
+    expiries.forget("s1")
+    assert expiries.info(session)[0] == 40

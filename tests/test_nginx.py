@@ -25,12 +25,12 @@ from twisted.logger import globalLogPublisher
 from agent.config.model import AgentConfig, Ports
 from agent.fsm.commands import Deregister, Register
 from agent.structs import Check, Node, Service, Weights
-from gateway.hookspecs import CatalogView, ServiceInstance
+from gateway.hookspecs import SERVICE_MAINT_PREFIX, CatalogView, ServiceInstance, parse_duration
 from gateway.server import WaypostServer
 from plugins.nginx import plugin as nginx_plugin
 from plugins.nginx.apply import (REJECTED, RELOAD_FAILED, RELOADED, UNCHANGED, NginxApplier,
                                  run_process)
-from plugins.nginx.plugin import NginxService, parse_duration
+from plugins.nginx.plugin import NginxService
 from plugins.nginx.render import PLACEHOLDER, render_upstreams, server_address, upstream_block
 from tests.nginx_conf import nginx_conf, proxy_body
 
@@ -405,7 +405,7 @@ def register(name: str, port: int, status: str = "passing", address: str = "127.
              service: str = "web", maintenance: bool = False) -> Register:
     checks = [Check(node=name, check_id="c-" + name, name="c", status=status, service_id=name)]
     if maintenance:
-        checks.append(Check(node=name, check_id="_service_maintenance:" + name, name="maint",
+        checks.append(Check(node=name, check_id=SERVICE_MAINT_PREFIX + name, name="maint",
                             status="critical", service_id=name))
     return Register(node=Node(name=name, address="127.0.0.1"),
                     service=Service(node=name, id=name, name=service, address=address, port=port,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,9 @@ from agent.structs import Check, Node, Service
 from gateway import hookspecs
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
+from gateway.http.routes import PluginRoutes, RouteTable
 from gateway.server import WaypostServer
+from tests.agentproc import ROOT as PROJECT, AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,13 +116,13 @@ def test_busy_plugin_gets_only_latest_view():
     clock = task.Clock()
     slow = Slow()
     host = PluginHost(clock, autoload=False, plugins=[("slow", slow)])
-    server_store = _store_with_writes(1)
-    host.catalog_changed(server_store, "dc1")
+    core = _core_with_writes(1)
+    host.catalog_changed(core.facade, "dc1")
     clock.advance(0)
     assert slow.seen == [1]
     for n in (2, 3, 4):
-        _write(server_store, n)
-        host.catalog_changed(server_store, "dc1")
+        _write(core, n)
+        host.catalog_changed(core.facade, "dc1")
         clock.advance(0)
     assert slow.seen == [1]  # still busy with the first
     slow.pending.callback(None)
@@ -124,18 +131,16 @@ def test_busy_plugin_gets_only_latest_view():
     yield defer.succeed(None)
 
 
-def _store_with_writes(n):
-    from agent.fsm.apply import FSM
-    from agent.state.store import StateStore
-    store = StateStore()
-    store._fsm = FSM(store)
+def _core_with_writes(n):
+    from tests.coreutil import Core
+    core = Core()
     for i in range(1, n + 1):
-        _write(store, i)
-    return store
+        _write(core, i)
+    return core
 
 
-def _write(store, index):
-    store._fsm.apply(index, web("n%d" % index, "w%d" % index, index))
+def _write(core, index):
+    core.apply(web("n%d" % index, "w%d" % index, index))
 
 
 def test_every_hook_is_documented():
@@ -150,7 +155,7 @@ def test_every_hook_is_documented():
 
 def test_http_api_is_an_entry_point_plugin():
     host = PluginHost(task.Clock())
-    assert "http" in host.names()
+    assert {"http", "etcd"} <= set(host.names())
 
 
 def test_allowlist_limits_plugins():
@@ -178,3 +183,99 @@ def test_plugin_settings_are_validated_against_their_schema():
         host.validate_config({"plain": {}})
     with pytest.raises(PluginConfigError, match="plugins.nope: no plugin of that name"):
         host.validate_config({"nope": {}})
+
+
+# --- routes through the hook ----------------------------------------------------------------
+
+ROUTES_PLUGIN = """
+from gateway.hookspecs import Response, hookimpl
+
+
+@hookimpl
+def waypost_http_routes(routes, facade):
+    def hello(request, arg):
+        name = request.query.get("name", ["world"])[0]
+        text = f"hello {name} from {facade.config.node_name} ({arg})"
+        return Response(200, text.encode(), content_type=b"text/plain; charset=utf-8")
+
+    async def echo(request, arg):
+        return Response(201, request.body[::-1], content_type=b"application/octet-stream")
+
+    routes.add("/hello/", ["GET"], hello)
+    routes.add("/echo", ["PUT"], echo)
+    routes.add("/v1/kv/", ["GET"], hello)  # Consul's: refused, and logged with our name
+"""
+
+
+class AgentWithSite(AgentProcess):
+    """A real agent that also imports from ``site``, where a test installs a plugin."""
+
+    def __init__(self, site: Path) -> None:
+        super().__init__()
+        self.site = site
+
+    def start(self, timeout: float = 15.0) -> "AgentWithSite":
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(PROJECT), str(self.site))))
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", *self.args],
+                                     cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("agent exited: " + self.proc.stderr.read().decode())
+            try:
+                status, _, body = self.request("GET", "/v1/status/leader", timeout=1)
+                if status == 200 and json.loads(body):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("agent did not come up in time")
+
+
+def test_a_third_party_plugin_serves_routes_it_added_through_the_hook(tmp_path):
+    (tmp_path / "waypost_hello.py").write_text(ROUTES_PLUGIN)
+    dist = tmp_path / "waypost_hello-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: waypost-hello\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[waypost]\nhello = waypost_hello\n")
+    agent = AgentWithSite(tmp_path).start()
+    try:
+        status, headers, body = agent.request("GET", "/hello/there?name=bob&index=abc")
+        assert (status, body) == (200, f"hello bob from {agent.node} (there)".encode())
+        assert headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert agent.request("HEAD", "/hello/x")[0] == 200  # HEAD comes with GET
+        status, _, body = agent.request("PUT", "/echo", b"olleh")  # a coroutine handler
+        assert (status, body) == (201, b"hello")
+        status, headers, _ = agent.request("POST", "/echo", b"x")
+        assert (status, headers["Allow"]) == (405, "OPTIONS,PUT")
+        # Consul's routes stay Consul's; the bundled etcd API came in the same way.
+        assert agent.request("GET", "/v1/kv/none")[0] == 404
+        assert agent.request("GET", "/v2/keys/")[0] == 200
+        deadline = time.monotonic() + 10
+        log = ""
+        while "already served" not in log and time.monotonic() < deadline:
+            log += agent.log_so_far()
+            time.sleep(0.05)
+        assert "plugin hello failed in waypost_http_routes" in log, log[-2000:]
+        assert "route '/v1/kv/' is already served" in log
+    finally:
+        agent.stop()
+
+
+def test_plugin_routes_take_request_and_arg_and_own_their_query():
+    table = RouteTable()
+    table.add("/v1/kv/", ("GET",), lambda *a: None)
+    routes = PluginRoutes(table)
+    seen = []
+    routes.add("/p/", ["get", "PUT"], lambda request, arg: seen.append((request, arg)) or "ok")
+    routes.add("/exact", ("DELETE",), lambda request, arg: "gone", prefix=False)
+    route, arg = table.match("/p/a/b")
+    assert route.methods == {"GET", "HEAD", "PUT"} and route.local
+    assert route.handler.own_query_params  # Consul's ?index, ?wait are not parsed for it
+    assert route.handler(None, "request", None, arg) == "ok" and seen == [("request", "a/b")]
+    assert table.match("/exact/x") == (None, "")
+    with pytest.raises(ValueError, match="already served"):
+        routes.add("/v1/kv/", ("GET",), lambda request, arg: None)
+    with pytest.raises(ValueError, match="starts with /"):
+        routes.add("v2", ("GET",), lambda request, arg: None)

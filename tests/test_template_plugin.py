@@ -17,6 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from agent.config.model import AgentConfig, Ports
 from agent.fsm.commands import Deregister, KVOperation, Register
 from agent.structs import Check, KVEntry, Node, Service
+from gateway.hookspecs import Quiescence
 from gateway.host import PluginConfigError, PluginHost
 from gateway.server import WaypostServer
 from plugins.template import plugin as template_plugin
@@ -24,7 +25,6 @@ from plugins.template import render as render_mod
 from plugins.template.data import FUNCTION_NAMES, Dep, MissingData
 from plugins.template.gotemplate import GoTemplate
 from plugins.template.render import (
-    Quiescence,
     TemplateJob,
     TemplateSpec,
     run_command,

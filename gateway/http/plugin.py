@@ -1,7 +1,8 @@
-"""The HTTP API as a frontend plugin: the route table and the listening service.
+"""The HTTP API as a frontend plugin: Consul's route table and the listening service.
 
 Loaded through the ``waypost`` entry-point group like any third-party plugin, which keeps the
-hook API honest.
+hook API honest. Other frontends (the etcd v2 API, third-party plugins) add their routes to the
+same table through the `waypost_http_routes` hook, called once the table has Consul's.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.http.api import HTTPAPI
-from gateway.http.handlers import agent, catalog, health, kv, maintenance, status
-from gateway.http.handlers import etcd
-from gateway.http.handlers import session, txn
+from gateway.http.handlers import agent, catalog, health, kv, maintenance, session, status, txn
 from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
 from gateway.http.protocol import HTTPFactory
 from gateway.http.request import Request, Response
-from gateway.http.routes import RouteTable
+from gateway.http.routes import PluginRoutes, RouteTable
 
 GET, PUT, DELETE = ("GET", "HEAD"), ("PUT",), ("DELETE",)
 # Consul's index and UI handlers answer every method.
@@ -109,7 +108,6 @@ def build_routes() -> RouteTable:
     t.add("/v1/session/node/", GET, session.node)
     t.add("/v1/session/list", GET, session.list_all)
     t.add("/v1/txn", PUT, txn.txn)
-    etcd.add_routes(t)
     return t
 
 
@@ -121,9 +119,13 @@ def conns_per_client(config: Any) -> int:
         return 200
 
 
-def make_http_service(facade, reactor) -> HTTPListenerService:
+def make_http_service(facade, reactor, hooks: Any = None) -> HTTPListenerService:
+    """The HTTP listener; with the host's ``hooks``, other plugins' routes join Consul's."""
     config = facade.config
-    api = HTTPAPI(facade, reactor, build_routes())
+    routes = build_routes()
+    if hooks is not None:
+        hooks.http_routes(PluginRoutes(routes))
+    api = HTTPAPI(facade, reactor, routes)
     factory = HTTPFactory(api, reactor, max_body=config.max_body_bytes,
                           max_conns_per_client=conns_per_client(config))
 
@@ -136,5 +138,5 @@ def make_http_service(facade, reactor) -> HTTPListenerService:
 
 
 @hookimpl
-def waypost_frontends(facade, reactor):
-    return [make_http_service(facade, reactor)]
+def waypost_frontends(facade, reactor, hooks):
+    return [make_http_service(facade, reactor, hooks)]

@@ -10,7 +10,6 @@ meanwhile collapse into the latest view, applied next.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,32 +17,21 @@ import txaio
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
-from gateway.hookspecs import CatalogFeed, CatalogView, hookimpl
+from gateway.hookspecs import CatalogFeed, CatalogView, Quiescence, hookimpl, parse_duration
 from plugins.nginx.apply import NginxApplier
 from plugins.nginx.render import render_upstreams
 
 txaio.use_twisted()
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "plugin-nginx.json"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration (``0``, ``250ms``, ``1m30s``); ValueError otherwise."""
-    if text == "0":
-        return 0.0
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 class NginxService(Service):
     """Follows the catalog and applies each new render, serialized, latest view first.
 
     With a ``wait`` of ``min``/``max`` seconds, a change is applied once the catalog has been
-    quiet for ``min``, and no later than ``max`` after the first change of the burst.
+    quiet for ``min``, and no later than ``max`` after the first change of the burst (the
+    shared `Quiescence` timer; ``max`` defaults to four times ``min``).
     """
 
     name = "nginx"
@@ -57,13 +45,10 @@ class NginxService(Service):
         self.applier = applier
         self.services = tuple(services)
         self.passing_only = passing_only
-        self.wait_min = wait_min
-        self.wait_max = max(wait_max, wait_min) if wait_max else 4 * wait_min
+        self.quiescence = Quiescence(reactor, wait_min, wait_max, self._kick)
         self.renders = 0  # views rendered (and handed to the applier)
         self._latest: CatalogView | None = None
         self._running: Deferred | None = None
-        self._min_timer: Any = None
-        self._max_timer: Any = None
         self._spacing_timer: Any = None
         self._unsubscribe: Callable[[], None] | None = None
         self._last_skipped: tuple[str, ...] = ()
@@ -91,34 +76,16 @@ class NginxService(Service):
         if not self.running:
             return
         self._latest = view
-        if self.wait_min <= 0:
-            self._kick()
-            return
-        if self._min_timer is not None and self._min_timer.active():
-            self._min_timer.reset(self.wait_min)
-        else:
-            self._min_timer = self.reactor.callLater(self.wait_min, self._quiet)
-        if self._max_timer is None or not self._max_timer.active():
-            self._max_timer = self.reactor.callLater(self.wait_max, self._quiet)
+        self.quiescence.poke()  # calls _kick at once without a wait
 
     def _cancel_timers(self) -> None:
-        for timer in (self._min_timer, self._max_timer, self._spacing_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._min_timer = self._max_timer = self._spacing_timer = None
-
-    def _quiet(self) -> None:
-        for timer in (self._min_timer, self._max_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._min_timer = self._max_timer = None
-        self._kick()
-
-    def _waiting(self) -> bool:
-        return self._min_timer is not None and self._min_timer.active()
+        self.quiescence.cancel()
+        if self._spacing_timer is not None and self._spacing_timer.active():
+            self._spacing_timer.cancel()
+        self._spacing_timer = None
 
     def _kick(self) -> None:
-        if self._running is not None or self._latest is None or self._waiting():
+        if self._running is not None or self._latest is None or self.quiescence.pending:
             return
         if self._spacing_timer is not None and self._spacing_timer.active():
             return

@@ -2,9 +2,10 @@
 
 Owns: `TemplateSpec` (one template's validated settings), `write_atomic` (temp file in the
 same directory, fsync, rename; identical bytes are not rewritten; perms; ``.bak``),
-`run_command` (``/bin/sh -c`` through ``reactor.spawnProcess`` with a timeout), `Quiescence`
-(wait ``min`` for changes to stop, at most ``max``) and `TemplateJob`, which ties them together
-for one template: render from a source, write when the bytes changed, then run the command.
+`run_command` (``/bin/sh -c`` through ``reactor.spawnProcess`` with a timeout) and
+`TemplateJob`, which ties them together for one template: render from a source, write when the
+bytes changed, then run the command, after the shared `Quiescence` wait (``min`` for changes to
+stop, at most ``max``; `gateway.hookspecs`).
 
 A render that fails (a template error, data the template cannot use, a destination that
 cannot be written) is logged and leaves the old file as it was. A failing command is logged
@@ -14,7 +15,6 @@ with its output and run again after the next render, never in a loop.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -27,27 +27,21 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from gateway.hookspecs import Quiescence, parse_duration
 from plugins.template.data import MISSING, DataError, DataFunctions, MissingData
 
 txaio.use_twisted()
 
 DEFAULT_PERMS = 0o644
 OUTPUT_LIMIT = 64 * 1024  # bytes of command output kept for the log
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(value: str | float) -> float:
-    """Seconds from a number or a Go duration (``"250ms"``, ``"1m30s"``); ValueError otherwise."""
+def seconds(value: str | float) -> float:
+    """Seconds from a number (the settings take plain seconds too) or a Go duration string
+    (``"250ms"``, ``"1m30s"``, read by the shared `parse_duration`); ValueError otherwise."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    text = str(value)
-    if text == "0":
-        return 0.0
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
+    return parse_duration(str(value))
 
 
 def parse_perms(value: str | int | None) -> int | None:
@@ -82,11 +76,11 @@ class TemplateSpec:
     @classmethod
     def from_config(cls, item: Mapping[str, Any]) -> TemplateSpec:
         wait = item.get("wait") or {}
-        wait_min = parse_duration(wait.get("min", 0))
-        wait_max = parse_duration(wait.get("max", 0))
+        wait_min = seconds(wait.get("min", 0))
+        wait_max = seconds(wait.get("max", 0))
         return cls(source=item["source"], destination=item.get("destination", ""),
                    command=item.get("command", ""),
-                   command_timeout=parse_duration(item.get("command_timeout", "30s")),
+                   command_timeout=seconds(item.get("command_timeout", "30s")),
                    perms=parse_perms(item.get("perms")), backup=bool(item.get("backup", False)),
                    wait_min=wait_min,
                    # consul-template's default: max is four times min.
@@ -227,47 +221,6 @@ def run_command(reactor: Any, command: str, timeout: float,
             timer.cancel()
         return result
     return done.addCallback(finished)
-
-
-# --- quiescence -------------------------------------------------------------------------
-
-class Quiescence:
-    """Calls ``fire`` once changes stop for ``wait_min`` seconds, at most ``wait_max`` after the
-    first change of a burst; with ``wait_min`` 0, at once."""
-
-    def __init__(self, reactor: Any, wait_min: float, wait_max: float,
-                 fire: Callable[[], Any]) -> None:
-        self.reactor = reactor
-        self.wait_min = wait_min
-        self.wait_max = max(wait_max, wait_min)
-        self.fire = fire
-        self._min_call: Any = None
-        self._max_call: Any = None
-
-    @property
-    def pending(self) -> bool:
-        return self._min_call is not None and self._min_call.active()
-
-    def poke(self) -> None:
-        if self.wait_min <= 0:
-            self.fire()
-            return
-        if self.pending:
-            self._min_call.reset(self.wait_min)
-        else:
-            self._min_call = self.reactor.callLater(self.wait_min, self._quiet)
-        if self._max_call is None or not self._max_call.active():
-            self._max_call = self.reactor.callLater(self.wait_max, self._quiet)
-
-    def cancel(self) -> None:
-        for call in (self._min_call, self._max_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._min_call = self._max_call = None
-
-    def _quiet(self) -> None:
-        self.cancel()
-        self.fire()
 
 
 # --- one template -----------------------------------------------------------------------
@@ -418,5 +371,5 @@ class TemplateJob:
             self.on_settled(self)
 
 
-__all__ = ["CommandResult", "Quiescence", "TemplateJob", "TemplateSpec", "parse_duration",
-           "parse_perms", "run_command", "write_atomic"]
+__all__ = ["CommandResult", "TemplateJob", "TemplateSpec", "parse_perms", "run_command",
+           "seconds", "write_atomic"]

@@ -11,7 +11,6 @@ session when it exits. The exit code is the child's (128+N when a signal N ended
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -27,13 +26,13 @@ from gateway.cli.commands import (
 )
 from gateway.cli.flags import FlagSet
 from gateway.cli.http_client import AgentError
+from agent.errors import InvalidRequest
+from agent.durations import parse_duration
 from gateway.cli.locking import KVLock, KVSemaphore, LockConflict, LockSession, monitor
 
 __all__ = ["COMMAND"]
 
 KILL_GRACE = 5.0  # Consul's lockKillGracePeriod
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class _Interrupted(Exception):
@@ -45,15 +44,10 @@ def parse_timeout(text: str) -> float:
     text = text.strip()
     if text in ("", "0"):
         return 0.0
-    position, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if position != len(text) or not text:
-        raise CommandError(f'Error: invalid duration "{text}" for -timeout')
-    return total
+    try:
+        return parse_duration(text)
+    except InvalidRequest:
+        raise CommandError(f'Error: invalid duration "{text}" for -timeout') from None
 
 
 def _flags() -> FlagSet:

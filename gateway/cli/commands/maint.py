@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from agent.structs import NODE_MAINT, SERVICE_MAINT_PREFIX
 from gateway.cli.commands import (Command, CommandError, Context, add_http_flags,
                                   expect_no_args, open_client)
 from gateway.cli.flags import FlagSet
 from gateway.cli.http_client import quote_path
 
-NODE_CHECK = "_node_maintenance"
-SERVICE_PREFIX = "_service_maintenance:"
+NODE_CHECK = NODE_MAINT
+SERVICE_PREFIX = SERVICE_MAINT_PREFIX
 
 
 def _flags() -> FlagSet:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -33,6 +32,8 @@ from gateway.cli.commands import (
     add_http_flags,
     parse_pairs,
 )
+from agent.errors import InvalidRequest
+from agent.durations import go_duration, parse_duration
 from gateway.cli.commands.probes import Probe, make_probe
 from gateway.cli.flags import FlagSet
 from gateway.cli.http_client import (
@@ -54,37 +55,24 @@ CONSUL_MIN_DEREGISTER = 60.0
 REAP_INTERVAL = 30.0
 MAX_BACKOFF = 5.0
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
-
-
 def parse_go_duration(text: str, flag: str) -> float:
     """Seconds in a Go duration ("10s", "1m30s", "500ms"); a bare number means seconds."""
     raw = text.strip()
+    if not raw:
+        raise CommandError(f"Error: empty duration for -{flag}")
     try:
         return float(raw)
     except ValueError:
         pass
-    pos, total = 0, 0.0
-    while pos < len(raw):
-        match = _DURATION.match(raw, pos)
-        if match is None:
-            raise CommandError(f'Error: invalid duration "{text}" for -{flag} '
-                               '(use Go syntax such as 10s, 1m30s or 500ms)')
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not raw:
-        raise CommandError(f"Error: empty duration for -{flag}")
-    return total
+    try:
+        return parse_duration(raw)
+    except InvalidRequest:
+        raise CommandError(f'Error: invalid duration "{text}" for -{flag} '
+                           "(use Go syntax such as 10s, 1m30s or 500ms)") from None
 
 
-def format_go_duration(seconds: float) -> str:
-    """The shortest Go duration string for a number of seconds, as the agent takes it."""
-    millis = round(seconds * 1000)
-    if millis % 1000:
-        return f"{millis}ms"
-    return f"{millis // 1000}s"
+# The agent takes Go's own spelling of a duration.
+format_go_duration = go_duration
 
 
 # -- the registration ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The etcd v2 view of the KV store: keys, directories, nodes and watch events.
 
 Owns: the mapping between etcd keys and KV keys, and reading etcd-shaped nodes out of the KV
-table. Pure functions of the table; no Twisted, no writes.
+rows a request read (`Rows`, filled by :mod:`gateway.etcd.reads`). Pure functions of those
+rows; no Twisted, no reads, no writes.
 
 Mapping: the etcd key ``/services/redis/redis@1`` is the KV key ``services/redis/redis@1``.
 Directories are implied by prefixes: ``/services`` is a directory while any KV key starts with
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.structs import KVEntry
 
-__all__ = ["TTLInfo", "Tree", "clean_key", "etcd_key", "kv_key", "shown"]
+__all__ = ["Rows", "TTLInfo", "Tree", "clean_key", "etcd_key", "kv_key", "parents", "shown"]
 
 # A node's (ttl seconds, RFC 3339 expiration) when it expires, from its session.
 TTLInfo = Callable[[KVEntry], "tuple[int, str] | None"]
@@ -57,14 +59,46 @@ def etcd_key(kv: str) -> str:
     return "/" + kv.rstrip("/")
 
 
+def parents(kv: str) -> list[str]:
+    """The KV keys of the files that would make ``kv`` unreachable: ``a/b/c`` -> a, a/b."""
+    parts = kv.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
 def _hidden(kv: str, parent: str) -> bool:
     return kv[len(parent):].startswith("_")
 
 
-class Tree:
-    """Reads etcd nodes from a KV table (``agent.state.kv.KVTable``)."""
+def _with_prefix(keys: list[str], prefix: str) -> list[str]:
+    start = bisect_left(keys, prefix)
+    end = start
+    while end < len(keys) and keys[end].startswith(prefix):
+        end += 1
+    return keys[start:end]
 
-    def __init__(self, table: Any, ttl_info: TTLInfo | None = None) -> None:
+
+class Rows:
+    """The KV rows one request read: live entries by key (and in key order), and the
+    tombstones of deleted keys (key -> the index it was deleted at)."""
+
+    def __init__(self, entries: Iterable[KVEntry],
+                 tombstones: Iterable[tuple[str, int]] = ()) -> None:
+        self.entries = {entry.key: entry for entry in entries}
+        self.order = sorted(self.entries)
+        self.tombstones = dict(tombstones)
+        self.tomb_order = sorted(self.tombstones)
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        return _with_prefix(self.order, prefix)
+
+    def tombs_with_prefix(self, prefix: str) -> list[str]:
+        return _with_prefix(self.tomb_order, prefix)
+
+
+class Tree:
+    """Reads etcd nodes from the `Rows` a request read."""
+
+    def __init__(self, table: Rows, ttl_info: TTLInfo | None = None) -> None:
         self.table = table
         self.ttl_info = ttl_info or (lambda entry: None)
 
@@ -78,16 +112,14 @@ class Tree:
 
     def dir_keys(self, kv: str) -> list[str]:
         """Every KV key inside the directory ``kv`` (its marker included)."""
-        return self.table.order.with_prefix(kv + "/" if kv else "")
+        return self.table.with_prefix(kv + "/" if kv else "")
 
     def is_dir(self, kv: str) -> bool:
         return not kv or bool(self.dir_keys(kv))
 
     def file_ancestor(self, kv: str) -> str | None:
         """The first ancestor of ``kv`` that is a file (etcd: "Not a directory"), if any."""
-        parts = kv.split("/")
-        for end in range(1, len(parts)):
-            parent = "/".join(parts[:end])
+        for parent in parents(kv):
             if parent in self.table.entries:
                 return parent
         return None
@@ -174,9 +206,9 @@ class Tree:
                 consider(key, table.tombstones[key], True)
         if recursive:
             prefix = kv + "/" if kv else ""
-            for key in table.order.with_prefix(prefix):
+            for key in table.with_prefix(prefix):
                 consider(key, table.entries[key].modify_index, False)
-            for key in table.tomb_order.with_prefix(prefix):
+            for key in table.tombs_with_prefix(prefix):
                 consider(key, table.tombstones[key], True)
         if best is None:
             return None
