@@ -22,8 +22,10 @@ from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, 
                           Field, Filter, FilterError, compile_filter)
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 Txn)
-from agent.local.state import LocalState
+from agent.local import commands as local_commands
+from agent.local.endpoints import LocalEndpoints
 from agent.rpc import queries
+from agent.rpc.cache import AgentCache
 from agent.rpc.options import (CONSISTENT, DEFAULT, STALE, QueryMeta, QueryOptions,
                                ReadResult, WriteRequest, WriteResult)
 from agent.rpc.requests import SessionRenew
@@ -33,7 +35,10 @@ from agent.schemas import SchemaSet
 from agent.sessions import SessionManager
 from agent.state.catalog import is_healthy
 from agent.state.sessions import SESSIONS
+from agent.state.store import CATALOG_TABLES as _CATALOG_TABLES
 from agent.state.store import StateStore
+from agent.state.kv import KVS as KV_TABLE
+from agent.state.sessions import SESSIONS as SESSIONS_TABLE
 from agent.state.txn import MAX_TXN_OPS
 from agent.state.txn import WRITE_VERBS as TXN_WRITE_VERBS
 from agent.state.watch import WatchHandle
@@ -42,7 +47,9 @@ from agent.structs import Session, TxnError, TxnOutcome
 # Everything a frontend may use from the core is importable from here; the import-graph test
 # keeps frontends from reaching past this module.
 __all__ = [
+    "CATALOG_TABLES", "KV_TABLE", "SESSIONS_TABLE",
     "go_duration", "shapes", "queries", "QueryOptions", "QueryMeta", "ReadResult",
+    "local_commands",
     "WriteRequest", "WriteResult", "DEFAULT", "STALE", "CONSISTENT", "SessionRenew",
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
     "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
@@ -54,6 +61,14 @@ __all__ = [
     "Field", "Filter", "FilterError", "compile_filter", "NODE", "NODE_SERVICE", "SERVICE_NODE",
     "HEALTH_CHECK", "CHECK_SERVICE_NODE",
 ]
+
+
+# Agent-local reads and writes: answered by this agent's local state, whatever kind of agent.
+_LOCAL_QUERIES = frozenset(queries.LOCAL_QUERIES)
+_LOCAL_COMMANDS = frozenset(local_commands.LOCAL_COMMANDS)
+
+# Table names `on_change` listeners are told about.
+CATALOG_TABLES = frozenset(_CATALOG_TABLES)
 
 
 @dataclass(frozen=True)
@@ -68,16 +83,18 @@ class Member:
 
 class AgentFacade:
     def __init__(self, config: AgentConfig, reactor, store: StateStore,
-                 endpoints: ServerEndpoints, local: LocalState, schemas: SchemaSet,
+                 endpoints: ServerEndpoints, local: LocalEndpoints,
+                 schemas: SchemaSet,
                  members: Callable[[], list[Member]], stats: Callable[[], dict],
                  plugin_names: Callable[[], list[str]] = lambda: [],
                  sessions: SessionManager | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.store = store
-        self.local = local
+        self._local = local  # this agent's own services and checks
         self.schemas = schemas
         self._endpoints = endpoints
+        self._cache = AgentCache(reactor, endpoints.read)
         self._members = members
         self._stats = stats
         self.plugin_names = plugin_names
@@ -97,12 +114,31 @@ class AgentFacade:
     def read(self, query: Any, options: QueryOptions = QueryOptions()) -> ReadResult | Deferred:
         """Answer a typed query (`agent.rpc.queries`) as `options` asks: a ReadResult now, or a
         Deferred firing with one when it must wait (a blocking query, a quorum round)."""
+        if type(query) in _LOCAL_QUERIES:
+            return self._local.read(query, options)
+        if options.use_cache and self._cache.caches(query):
+            return self._cache.read(query, options)
         return self._endpoints.read(query, options)
 
     def write(self, command: Any, request: WriteRequest = WriteRequest()) -> Deferred:
         """Commit a command through the server endpoints; fires with a WriteResult (the index
-        it was applied at and its result), or fails with the error the endpoint gave."""
+        it was applied at and its result), or fails with the error the endpoint gave.
+        Agent-local commands (`local_commands`) go to this agent's local state instead."""
+        if type(command) in _LOCAL_COMMANDS:
+            return self._local.write(command, request)
         return self._endpoints.write(command, request)
+
+    def on_change(self, listener: Callable[[int, frozenset[str]], None]) -> Callable[[], None]:
+        """Call `listener(index, tables)` after every committed change (tables among
+        CATALOG_TABLES and KV_TABLE, SESSIONS_TABLE); returns the call that unsubscribes.
+        For caches that must drop what a change made stale (DNS answers, plugin views)."""
+        listeners = self.store.on_commit
+        listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+        return unsubscribe
 
     def local_index(self, consistency: str) -> int | None:
         """The index a read in `consistency` mode would be answered at right now without a

@@ -7,12 +7,14 @@ from typing import Any, Callable
 import txaio
 from twisted.internet.defer import maybeDeferred
 
+from agent.facade import CATALOG_TABLES, KV_TABLE, STALE, QueryOptions, queries
 from gateway.hookspecs import CatalogView, KVItem
 from gateway.views import build_catalog_view
 
 txaio.use_twisted()
 
-CATALOG_TABLES = frozenset({"nodes", "services", "checks"})
+# Plugins read this agent's replica (stale reads: no round trip to a leader).
+_LOCAL = QueryOptions(consistency=STALE)
 
 
 class _Subscriber:
@@ -63,22 +65,21 @@ class CatalogFeed:
         self._view_index = -1
         self._catalog_subs: list[_Subscriber] = []
         self._kv_subs: list[tuple[str, _Subscriber]] = []
-        facade.store.on_commit.append(self._committed)
+        self.unsubscribe = facade.on_change(self._committed)
 
     def view(self) -> CatalogView:
-        store = self.facade.store
-        if self._view is None or self._view_index != store.index:
-            self._view = build_catalog_view(store, self.facade.config.datacenter)
-            self._view_index = store.index
+        index = self.facade.local_index(STALE)
+        if self._view is None or self._view_index != index:
+            self._view = build_catalog_view(self.facade, self.facade.config.datacenter)
+            self._view_index = index
         return self._view
 
     def kv_get(self, key: str) -> KVItem | None:
-        _, entry = self.facade.store.kv.get(key)
+        entry = self.facade.read(queries.KVGet(key), _LOCAL).value
         return None if entry is None else _item(entry)
 
     def kv_list(self, prefix: str) -> list[KVItem]:
-        _, entries = self.facade.store.kv.list(prefix)
-        return [_item(e) for e in entries]
+        return [_item(e) for e in self.facade.read(queries.KVList(prefix), _LOCAL).value]
 
     def subscribe(self, callback: Callable[[CatalogView], Any]) -> Callable[[], None]:
         sub = _Subscriber(self.reactor, callback, lambda: (self.view(),))
@@ -99,7 +100,7 @@ class CatalogFeed:
         if tables & CATALOG_TABLES:
             for sub in self._catalog_subs:
                 sub.poke()
-        if "kvs" in tables and self._kv_subs:
+        if KV_TABLE in tables and self._kv_subs:
             # The store does not say which keys moved; a KV subscriber re-reads its prefix.
             for _, sub in self._kv_subs:
                 sub.poke()

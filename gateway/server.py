@@ -13,6 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from agent.agent import Agent, make_agent
 from agent.config.model import AgentConfig
+from agent.facade import CATALOG_TABLES
 from gateway.host import PluginHost
 from gateway.views import build_catalog_view
 
@@ -35,17 +36,17 @@ class WaypostServer(MultiService):
         for service in self.host.frontends(self.agent.facade, dict(config.plugins)):
             service.setServiceParent(self.frontends)
         self.frontends.setServiceParent(self)
-        store = self.agent.store
-        store.on_commit.append(lambda index, tables: self._changed(tables))
+        self.agent.facade.on_change(lambda index, tables: self._changed(tables))
 
     def _changed(self, tables) -> None:
-        if tables & {"nodes", "services", "checks"}:
-            self.host.catalog_changed(self.agent.store, self.agent.config.datacenter)
+        if tables & CATALOG_TABLES:
+            self.host.catalog_changed(self.agent.facade, self.agent.config.datacenter)
 
     def startService(self) -> None:
         super().startService()
         if self.host.wants_catalog():
-            self.host.agent_started(build_catalog_view(self.agent.store, self.agent.config.datacenter))
+            self.host.agent_started(build_catalog_view(self.agent.facade,
+                                                       self.agent.config.datacenter))
 
     @inlineCallbacks
     def stopService(self):

@@ -18,7 +18,9 @@ import time
 import pytest
 
 from agent.errors import InvalidRequest
-from gateway.http.params import DEFAULT_WAIT, JITTER_FRACTION, MAX_WAIT, parse_query_params
+from agent.rpc.blocking import wait_time
+from agent.rpc.options import DEFAULT_WAIT, JITTER_FRACTION, MAX_WAIT, QueryOptions
+from gateway.http.params import parse_query_params
 
 WAIT = 1.0
 # Consul adds up to wait/16 of jitter; allow half a second for the machine on top.
@@ -271,27 +273,36 @@ def _expected(seed: int, wait: float) -> float:
     return wait + random.Random(seed).random() * wait / JITTER_FRACTION
 
 
+def _parse(query: dict) -> QueryOptions:
+    return parse_query_params(query, {}, False).options
+
+
+def _waited(query: dict, seed: int) -> float:
+    """How long the core parks a read with these parameters (Consul's default, cap, jitter)."""
+    return wait_time(_parse(query), random.Random(seed))
+
+
 @pytest.mark.parametrize("wait, base", [
     ("1s", 1.0), ("250ms", 0.25), ("10m", MAX_WAIT), ("11m", MAX_WAIT), ("1h", MAX_WAIT),
     ("87600h", MAX_WAIT), ("0s", DEFAULT_WAIT), ("0", DEFAULT_WAIT),
 ])
 def test_wait_is_capped_at_ten_minutes_with_jitter(wait, base):
-    params = parse_query_params({"index": ["7"], "wait": [wait]}, False, random.Random(1234))
-    assert params.min_index == 7
-    assert params.wait == pytest.approx(_expected(1234, base))
-    assert base <= params.wait <= base * 17 / 16
+    assert _parse({"index": ["7"], "wait": [wait]}).min_index == 7
+    waited = _waited({"index": ["7"], "wait": [wait]}, 1234)
+    assert waited == pytest.approx(_expected(1234, base))
+    assert base <= waited <= base * 17 / 16
 
 
 def test_default_wait_is_five_minutes_with_jitter():
-    params = parse_query_params({"index": ["7"]}, False, random.Random(99))
-    assert params.wait == pytest.approx(_expected(99, DEFAULT_WAIT))
-    assert DEFAULT_WAIT <= params.wait <= DEFAULT_WAIT * 17 / 16
+    waited = _waited({"index": ["7"]}, 99)
+    assert waited == pytest.approx(_expected(99, DEFAULT_WAIT))
+    assert DEFAULT_WAIT <= waited <= DEFAULT_WAIT * 17 / 16
 
 
 def test_jitter_spans_up_to_one_sixteenth():
     rng = random.Random(5)
-    waits = [parse_query_params({"index": ["3"], "wait": ["16s"]}, False, rng).wait
-             for _ in range(500)]
+    options = _parse({"index": ["3"], "wait": ["16s"]})
+    waits = [wait_time(options, rng) for _ in range(500)]
     assert min(waits) >= 16.0 and max(waits) <= 17.0
     assert max(waits) - min(waits) > 0.9  # really spread, not a constant
 
@@ -311,31 +322,29 @@ def test_jitter_spans_up_to_one_sixteenth():
 ])
 def test_bad_index_or_wait_is_invalid(query, message):
     with pytest.raises(InvalidRequest, match=f"^{message}$"):
-        parse_query_params(query, False, random.Random(0))
+        _parse(query)
 
 
 def test_index_is_a_uint64():
-    params = parse_query_params({"index": [str(2**64 - 1)]}, False, random.Random(0))
-    assert params.min_index == 2**64 - 1
+    assert _parse({"index": [str(2**64 - 1)]}).min_index == 2**64 - 1
 
 
 def test_empty_index_and_wait_count_as_absent():
     # Consul reads them with query.Get(...) != "".
-    params = parse_query_params({"index": [""], "wait": [""]}, False, random.Random(0))
-    assert (params.min_index, params.wait) == (0, 0.0)
-    params = parse_query_params({"index": ["4"], "wait": [""]}, False, random.Random(3))
-    assert params.wait == pytest.approx(_expected(3, DEFAULT_WAIT))
+    options = _parse({"index": [""], "wait": [""]})
+    assert (options.min_index, options.wait) == (0, 0.0)
+    assert _waited({"index": ["4"], "wait": [""]}, 3) == pytest.approx(_expected(3, DEFAULT_WAIT))
 
 
 def test_negative_wait_means_the_default():
     # Go's ParseDuration takes "-1s"; Consul's blockingQuery then uses the default query time.
-    params = parse_query_params({"index": ["4"], "wait": ["-1s"]}, False, random.Random(8))
-    assert params.wait == pytest.approx(_expected(8, DEFAULT_WAIT))
+    assert _waited({"index": ["4"], "wait": ["-1s"]}, 8) == pytest.approx(
+        _expected(8, DEFAULT_WAIT))
 
 
 def test_no_index_means_no_blocking_whatever_wait_says():
     for query in ({"wait": ["5s"]}, {"index": ["0"], "wait": ["5s"]}):
-        assert parse_query_params(query, False, random.Random(0)).min_index == 0
+        assert _parse(query).min_index == 0
 
 
 # --- many waiters, disconnects, CAS races ----------------------------------------------------

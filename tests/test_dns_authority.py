@@ -20,6 +20,7 @@ from agent.config.model import DNSConfig, SOAConfig
 from agent.fsm.apply import FSM
 from agent.fsm.commands import Register
 from agent.state.store import StateStore
+from tests.coreutil import dns_catalog
 from agent.structs import Check, Node, Service, ServiceAddress, Weights
 from gateway.dns import fit, names, wire
 from gateway.dns.authority import Answer, ConsulAuthority
@@ -97,7 +98,7 @@ def ask(name, rdtype="A", *, config=None, payload=None, udp=True, seed=0, auth=N
     query = dns.message.make_query(name, rdtype, use_edns=0 if payload else False,
                                    payload=payload or 512)
     question = wire.parse_query(query.to_wire())
-    answer = auth.resolve(question, store, random.Random(seed))
+    answer = auth.resolve(question, dns_catalog(store), random.Random(seed))
     assert answer is not None, f"{name} not answered"
     packet = fit.encode_answer(question, answer, config, udp=udp, recursion_available=ra)
     response = dns.message.from_wire(packet, one_rr_per_rrset=True)
@@ -448,7 +449,7 @@ def test_ptr_v4_and_v6():
     auth = authority()
     for name in ("1.0.200.10.in-addr.arpa", "foo.arpa", "1.2.in-addr.arpa"):
         question = wire.parse_query(dns.message.make_query(name, "PTR").to_wire())
-        assert auth.resolve(question, STORE, random.Random(0)) is None
+        assert auth.resolve(question, dns_catalog(STORE), random.Random(0)) is None
 
 
 def test_handles_and_outside_names():
@@ -459,7 +460,7 @@ def test_handles_and_outside_names():
     for name in ("example.com", "notconsul", "consul.com", ""):
         assert not auth.handles(name), name
     question = wire.parse_query(dns.message.make_query("example.com", "A").to_wire())
-    assert auth.resolve(question, STORE, random.Random(0)) is None
+    assert auth.resolve(question, dns_catalog(STORE), random.Random(0)) is None
 
 
 def test_alt_domain_answers_in_the_domain_asked():
@@ -485,7 +486,7 @@ def test_oversized_node_meta_never_exceeds_a_datagram():
     response = ask("fat.node.consul", "TXT", store=store, payload=4096)
     assert len(response.answer) == 64  # Consul sends it whole (no trimming of node answers)
     tiny = wire.parse_query(dns.message.make_query("fat.node.consul", "TXT").to_wire())
-    answer = authority().resolve(tiny, store, random.Random(0))
+    answer = authority().resolve(tiny, dns_catalog(store), random.Random(0))
     big = answer._replace(answers=answer.answers * 5)
     packet = fit.encode_answer(tiny, big, DNSConfig(), udp=True, recursion_available=False)
     assert len(packet) <= fit.MAX_UDP_DATAGRAM

@@ -497,32 +497,30 @@ def test_no_recursors_refuses_other_domains(plain):
 
 # --- in-process: stale answers, fuzz ---------------------------------------------------------
 
-class FakeFacade:
-    """What DNSController reads of the agent facade, with a leader we can take away."""
+class LeaderSwitch:
+    """The in-process core's facade, with a leader the test can take away (as the consensus
+    layer would) and a log it can write to."""
 
-    def __init__(self, store, config) -> None:
-        self.store = store
-        self.config = config
-        self.leader_listeners = []
-        self._leader = True
+    def __init__(self, core) -> None:
+        self.core = core
+        self.facade = core.facade
 
     @property
     def leader(self) -> bool:
-        return self._leader
+        return self.core.log.leader
 
     @leader.setter
     def leader(self, known: bool) -> None:
-        # As the consensus layer does: listeners hear of the change.
-        self._leader = known
-        for listener in self.leader_listeners:
-            listener(known)
-
-    def known_leader(self) -> bool:
-        return self._leader
-
-    def last_contact_ms(self) -> float:
         # The state feed stopped: without a leader the replica is older than any max_stale.
-        return 0 if self._leader else float("inf")
+        if known:
+            self.core.find_leader()
+        else:
+            self.core.lose_leader(self.core.log.contact if self.recent else float("inf"))
+
+    recent = False  # set: the replica heard from a leader a second ago
+
+    def apply(self, index: int, command) -> None:
+        self.core.apply(command)
 
 
 def make_controller(dns_config=None):
@@ -530,26 +528,25 @@ def make_controller(dns_config=None):
     from twisted.internet.task import Clock
 
     from agent.config.model import AgentConfig, DNSConfig
-    from agent.fsm.apply import FSM
     from agent.fsm.commands import Register
-    from agent.state.store import StateStore
     from agent.structs import Check, Node, Service
     from gateway.dns.authority import ConsulAuthority
+    from tests.coreutil import Core
     from gateway.dns.recursor import Forwarder
     from gateway.dns.server import DNSController
 
     dns_config = dns_config or DNSConfig(service_ttl={"web": 600.0})
     config = AgentConfig(node_name="oracle", node_id="00000000-0000-0000-0000-000000000001",
                          dns_config=dns_config)
-    store = StateStore()
-    fsm = FSM(store)
+    core = Core(config=config)
     for index, (node, address) in enumerate([("n1", "10.0.1.1"), ("n2", "10.0.1.2")], 1):
         service = Service(node=node, id=f"web{index}", name="web", tags=("v1",), port=80)
         check = Check(node=node, check_id=f"service:web{index}", name="alive",
                       status="passing", service_id=f"web{index}")
-        fsm.apply(index, Register(node=Node(name=node, address=address), service=service,
-                                  checks=(check,)))
-    facade = FakeFacade(store, config)
+        core.apply(Register(node=Node(name=node, address=address), service=service,
+                            checks=(check,)))
+    switch = LeaderSwitch(core)
+    facade = core.facade
     clock = Clock()
     clock.advance(1_700_000_000)
     authority = ConsulAuthority(domain=config.domain, alt_domain=config.alt_domain,
@@ -557,7 +554,7 @@ def make_controller(dns_config=None):
                                 clock=clock.seconds)
     forwarder = Forwarder(clock, [], dns_config.recursor_timeout)
     controller = DNSController(facade, clock, authority, forwarder, rng=random.Random(1))
-    return controller, facade, fsm
+    return controller, switch, switch
 
 
 def _query(name: str, rdtype: str = "A", ident: int = 1, **kw) -> bytes:
@@ -657,7 +654,8 @@ def test_fuzz_answer_never_raises(packet, udp, leader):
 
 def test_without_leader_a_recent_replica_still_answers_fresh():
     controller, facade, _ = make_controller()
-    facade.last_contact_ms = lambda: 1000  # heard from a leader a second ago
+    facade.core.log.contact = 1.0  # heard from a leader a second ago
+    facade.recent = True
     facade.leader = False
     answer = dns.message.from_wire(controller.answer(_query("web.service.consul", ident=3), True))
     assert {rrset.ttl for rrset in answer.answer} == {600}  # fresh, not the stale TTL

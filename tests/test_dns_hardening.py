@@ -268,9 +268,11 @@ def test_query_names_that_cannot_be_echoed_get_formerr():
 
 class _FakeFacade:
     def __init__(self) -> None:
-        self.store = SimpleNamespace(on_commit=[])
         self.config = SimpleNamespace(dns_config=DNSConfig())
         self.leader_listeners: list = []
+
+    def on_change(self, listener):
+        return lambda: None
 
     def known_leader(self) -> bool:
         return True
@@ -286,7 +288,7 @@ class _FlakyAuthority:
     def handles(self, name: str) -> bool:
         return True
 
-    def resolve(self, question, store, rng):
+    def resolve(self, question, catalog, rng):
         self.calls += 1
         if self.calls == 1:
             return Answer(wire.NOERROR, [wire.Record(question.name, wire.A, 0, bytes([10, 0, 0, i]))

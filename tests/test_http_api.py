@@ -788,3 +788,18 @@ def test_catalog_node_services_lists_the_services(agent):
     assert agent.json("GET", "/v1/catalog/node-services/nope")[2] == {"Node": None,
                                                                        "Services": None}
     assert agent.request("GET", "/v1/catalog/node-services/")[:3:2] == (400, b"Missing node name")
+
+
+def test_cached_reads_carry_consuls_cache_headers(agent):
+    """?cached on the reads Consul 1.8.7 caches: X-Cache MISS, then HIT with Age."""
+    for path in ("/v1/catalog/services", "/v1/catalog/service/consul",
+                 "/v1/health/service/consul", "/v1/catalog/datacenters"):
+        status, headers, _ = agent.request("GET", path + "?cached")
+        assert status == 200 and headers["X-Cache"] == "MISS" and "Age" not in headers
+        status, headers, _ = agent.request("GET", path + "?cached")
+        assert status == 200 and headers["X-Cache"] == "HIT" and headers["Age"].isdigit()
+    status, headers, _ = agent.request("GET", "/v1/catalog/nodes?cached")
+    assert status == 200 and "X-Cache" not in headers  # not a cached read in Consul 1.8.7
+    status, _, body = agent.request("GET", "/v1/catalog/service/consul?cached&consistent")
+    assert (status, body) == (400, b"Cannot specify ?cached with ?consistent, "
+                                   b"conflicting semantics.")

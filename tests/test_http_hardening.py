@@ -565,10 +565,10 @@ from gateway.hookspecs import hookimpl
 
 @hookimpl
 def waypost_frontends(facade):
-    """Test fault: every read with index headers fails inside the HTTP handler."""
-    def broken():
+    """Test fault: every read of the core fails inside the HTTP handler."""
+    def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
-    facade.last_contact_ms = broken
+    facade.read = broken
     return []
 '''
 

@@ -6,7 +6,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # What frontends may import from the core (the facade re-exports the rest).
 GATEWAY_MAY_USE = {"agent.facade", "agent.structs", "agent.errors", "agent.agent",
-                   "agent.config.load", "agent.config.model"}
+                   "agent.config.load", "agent.config.model",
+                   # Go durations, pure and Twisted-free: the CLI must not import the core.
+                   "agent.durations"}
 PLUGINS_MAY_USE = {"gateway.hookspecs"}
 
 

@@ -28,6 +28,7 @@ JITTER_FRACTION = 16
 class QueryOptions:
     """How to answer one read. Times are seconds.
 
+    `use_cache` lets the agent's cache answer (Consul's ?cached, for the reads it caches).
     `min_index` > 0 makes the read blocking: it answers once the result's index passes it, or
     when `wait` (0: Consul's default) runs out. `hash` does the same for agent-local reads
     that block on a content hash. `filter` is a go-bexpr expression over the result rows.
@@ -41,6 +42,8 @@ class QueryOptions:
     wait: float = 0.0
     hash: str = ""
     filter: str = ""
+    use_cache: bool = False  # ?cached: may be answered from the agent's cache
+    max_age: float = 0.0  # with use_cache: the oldest cached answer the client takes (0: any)
 
     @property
     def blocking(self) -> bool:
@@ -57,6 +60,8 @@ class QueryMeta:
     consistency: str = DEFAULT
     results_filtered: bool = False  # rows dropped by ACLs
     hash: str = ""  # agent-local hash-blocking reads
+    cache_hit: bool | None = None  # ?cached reads: whether the agent's cache answered
+    cache_age: float = 0.0  # and how old its answer was (0 while refreshed in the background)
 
 
 @dataclass(frozen=True, slots=True)

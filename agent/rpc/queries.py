@@ -8,7 +8,7 @@ result types below — never JSON: the Consul spelling of a field lives in the e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from agent.structs import Check, Node, Service
@@ -69,6 +69,16 @@ class KVKeys:
     separator: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class KVTombstones:
+    """The keys deleted under a prefix that the store still remembers (until tombstone GC),
+    with the index each was deleted at: list[tuple[str, int]] in key order. Not a Consul
+    endpoint: the etcd v2 API reports past deletions to its watches from it."""
+
+    ENDPOINT = "KVS.Tombstones"
+    prefix: str
+
+
 # --- catalog ---------------------------------------------------------------------------------
 
 
@@ -81,10 +91,12 @@ class CatalogDatacenters:
 
 @dataclass(frozen=True, slots=True)
 class CatalogNodes:
-    """Every node (with `node_meta`, only those carrying all of it): list[Node]."""
+    """Every node (with `node_meta`, only those carrying all of it): list[Node].
+
+    Queries are hashable (the endpoints memoize answers by query): maps are sorted pairs."""
 
     ENDPOINT = "Catalog.ListNodes"
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +104,7 @@ class CatalogServices:
     """Service name -> its tags (union over instances), sorted: dict[str, list[str]]."""
 
     ENDPOINT = "Catalog.ListServices"
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +114,7 @@ class CatalogServiceNodes:
     ENDPOINT = "Catalog.ServiceNodes"
     service: str
     tags: tuple[str, ...] = ()
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +142,7 @@ class HealthServiceChecks:
 
     ENDPOINT = "Health.ServiceChecks"
     service: str
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +154,7 @@ class HealthServiceNodes:
     service: str
     tags: tuple[str, ...] = ()
     passing: bool = False
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +163,7 @@ class HealthChecksInState:
 
     ENDPOINT = "Health.ChecksInState"
     state: str
-    node_meta: Mapping[str, str] = field(default_factory=dict)
+    node_meta: tuple[tuple[str, str], ...] = ()  # (key, value) pairs a node must carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +220,47 @@ class AgentChecks:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentService:
+    """One service registered at this agent: a Service (NotFound when there is none). The
+    answer's `meta.hash` is its content hash; `QueryOptions.hash` blocks until it differs
+    (Consul's hash-based blocking on /v1/agent/service/<id>)."""
+
+    ENDPOINT = "Agent.Service"
+    LOCAL = True
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentServiceHealth:
+    """A local service instance, its local checks, and their aggregated status (Consul's
+    AgentServiceChecksInfo): "maintenance" when a maintenance check is among them, else
+    the worst status of the checks."""
+
+    status: str
+    service: Service
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealthServiceByID:
+    """The health of the local service `id`: AgentServiceHealth, or None."""
+
+    ENDPOINT = "Agent.HealthServiceByID"
+    LOCAL = True
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHealthServiceByName:
+    """The health of every local instance of service `name`, by ID: list[AgentServiceHealth]
+    (empty when there is none)."""
+
+    ENDPOINT = "Agent.HealthServiceByName"
+    LOCAL = True
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentMembers:
     """The gossip members this agent sees (LAN, or the WAN pool): list[Member]."""
 
@@ -216,7 +269,11 @@ class AgentMembers:
     wan: bool = False
 
 
-STORE_QUERIES = (KVGet, KVList, KVKeys, CatalogNodes, CatalogServices, CatalogServiceNodes,
+STORE_QUERIES = (KVGet, KVList, KVKeys, KVTombstones, CatalogNodes, CatalogServices, CatalogServiceNodes,
                  CatalogNodeServices, HealthNodeChecks, HealthServiceChecks,
                  HealthServiceNodes, HealthChecksInState, ServiceDump, SessionGet, SessionList,
                  SessionNode)
+
+# Answered by this agent's local state (`agent.local.endpoints`), whatever kind of agent it is.
+LOCAL_QUERIES = (AgentServices, AgentChecks, AgentService, AgentHealthServiceByID,
+                 AgentHealthServiceByName)

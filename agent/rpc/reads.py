@@ -47,18 +47,24 @@ def _kv_keys(store, query: q.KVKeys):
     return store.kv.keys(query.prefix, query.separator)
 
 
+def _kv_tombstones(store, query: q.KVTombstones):
+    kv = store.kv
+    found = [(key, kv.tombstones[key]) for key in kv.tomb_order.with_prefix(query.prefix)]
+    return max((index for _, index in found), default=kv.index), found
+
+
 # --- catalog -----------------------------------------------------------------------------------
 
 def _catalog_nodes(store, query: q.CatalogNodes):
     catalog = store.catalog
-    return catalog.table_index[NODES], catalog.node_list(query.node_meta)
+    return catalog.table_index[NODES], catalog.node_list(dict(query.node_meta))
 
 
 def _catalog_services(store, query: q.CatalogServices):
     catalog = store.catalog
     if query.node_meta:
         tags: dict[str, dict[str, None]] = {}
-        for node in catalog.node_list(query.node_meta):
+        for node in catalog.node_list(dict(query.node_meta)):
             for _, service in sorted(catalog.services.get(node.name, {}).items()):
                 tags.setdefault(service.name, {}).update(dict.fromkeys(service.tags))
         result = {name: list(found) for name, found in sorted(tags.items())}
@@ -70,7 +76,7 @@ def _catalog_services(store, query: q.CatalogServices):
 def _catalog_service_nodes(store, query: q.CatalogServiceNodes):
     catalog = store.catalog
     rows = [q.ServiceNode(node, service) for node, service in
-            catalog.service_instances(query.service, query.tags, query.node_meta)]
+            catalog.service_instances(query.service, query.tags, dict(query.node_meta))]
     return catalog.max_service_index(query.service), rows
 
 
@@ -94,7 +100,7 @@ def _health_service_checks(store, query: q.HealthServiceChecks):
     catalog = store.catalog
     found = catalog.service_checks(query.service)
     if query.node_meta:
-        names = {n.name for n in catalog.node_list(query.node_meta)}
+        names = {n.name for n in catalog.node_list(dict(query.node_meta))}
         found = [c for c in found if c.node in names]
     return catalog.max_service_index(query.service), found
 
@@ -102,7 +108,8 @@ def _health_service_checks(store, query: q.HealthServiceChecks):
 def _health_service_nodes(store, query: q.HealthServiceNodes):
     catalog = store.catalog
     rows = []
-    for node, service in catalog.service_instances(query.service, query.tags, query.node_meta):
+    instances = catalog.service_instances(query.service, query.tags, dict(query.node_meta))
+    for node, service in instances:
         checks = catalog.instance_checks(service)
         if is_healthy(checks, query.passing):
             rows.append(q.CheckServiceNode(node, service, tuple(checks)))
@@ -113,7 +120,7 @@ def _health_state(store, query: q.HealthChecksInState):
     catalog = store.catalog
     found = catalog.checks_in_state(query.state)
     if query.node_meta:
-        names = {n.name for n in catalog.node_list(query.node_meta)}
+        names = {n.name for n in catalog.node_list(dict(query.node_meta))}
         found = [c for c in found if c.node in names]
     return catalog.table_index[CHECKS], found
 
@@ -150,6 +157,7 @@ READS: dict[type, ReadSpec] = {
     q.KVGet: ReadSpec(_kv_get, _prefix("key")),
     q.KVList: ReadSpec(_kv_list, _prefix("prefix")),
     q.KVKeys: ReadSpec(_kv_keys, _prefix("prefix")),
+    q.KVTombstones: ReadSpec(_kv_tombstones, _prefix("prefix")),
     q.CatalogNodes: ReadSpec(_catalog_nodes, _tables(NODES)),
     q.CatalogServices: ReadSpec(_catalog_services, _tables(SERVICES, NODES)),
     q.CatalogServiceNodes: ReadSpec(_catalog_service_nodes, _tables(*CATALOG)),

@@ -83,6 +83,12 @@ class ServerEndpoints:
         spec = READS[type(query)]
         self._filtering.check(query, options.filter)  # a bad expression is a 400, at once
         mode = options.consistency
+        if (mode == STALE and options.max_stale > 0
+                and self._log.last_contact() > options.max_stale):
+            # The replica is older than the client accepts: Consul asks the leader then.
+            if not self._log.leader_address:
+                raise NoLeader()
+            mode = DEFAULT
         if mode == CONSISTENT:
             return self._log.verify_leader().addCallback(
                 lambda _: self._blocking_read(spec, query, options))

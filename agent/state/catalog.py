@@ -90,7 +90,10 @@ class CatalogTables:
         self._index_name(service, add=True)
         self._bump(SERVICES, index)
         self._bump_service(service.name, index)
-        # Checks of this service carry its name and tags.
+        # Checks of this service carry its name and tags. A new service has none yet (its
+        # checks are deleted with it), so bulk registration does not scan the node's checks.
+        if old is None or (old.name == service.name and old.tags == service.tags):
+            return
         for check in list(self.checks.get(service.node, {}).values()):
             if check.service_id == service.id and (
                     check.service_name != service.name or check.service_tags != service.tags):
@@ -173,13 +176,13 @@ class CatalogTables:
 
     def service_instances(self, name: str, tags: Iterable[str] = (),
                           node_meta: Mapping[str, str] | None = None) -> list[tuple[Node, Service]]:
+        """Instances of `name` carrying every tag in `tags`, both compared case-insensitively
+        as Consul's lower-cased indexes do (`/v1/catalog/service/WEB` finds "web")."""
         wanted = [t.lower() for t in tags]
         result = []
         for service in self.named(name.lower()):
             node = self.nodes.get(service.node)
             if node is None or not _meta_matches(node.meta, node_meta):
-                continue
-            if service.name != name:
                 continue
             if wanted:
                 have = {t.lower() for t in service.tags}

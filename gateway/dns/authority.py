@@ -6,7 +6,7 @@ section order, owner names, SRV targets (`<node>.node.<dc>.<domain>`, or
 `<hex>.addr.<dc>.<domain>` for a service with an IP address), node meta TXT records, and the
 SOA in the authority section of negative answers. Size limits are applied later, by `fit`.
 
-Pure: reads the catalog tables it is handed, takes randomness from the caller's `rng` and the
+Pure: reads the `DNSCatalog` it is handed (typed reads through the facade), takes randomness from the caller's `rng` and the
 SOA serial from `clock`; no reactor, no sockets.
 """
 
@@ -65,11 +65,11 @@ class ConsulAuthority:
         return (name == "arpa" or name.endswith(".arpa")
                 or names.split_domain(name, self._domains) is not None)
 
-    def resolve(self, question: wire.Question, store: Any, rng: random.Random) -> Answer | None:
-        """The answer to `question` from `store`'s catalog; None when we are not authoritative
-        (names outside our domains, reverse names no node or service has)."""
+    def resolve(self, question: wire.Question, catalog: Any, rng: random.Random) -> Answer | None:
+        """The answer to `question` from `catalog` (a `gateway.dns.catalog.DNSCatalog`); None
+        when we are not authoritative (names outside our domains, reverse names no node or
+        service has)."""
         qname = question.lower.rstrip(".")
-        catalog = store.catalog
         if qname == "arpa" or qname.endswith(".arpa"):
             return self._ptr(question, qname, catalog)
         split = names.split_domain(qname, self._domains)
@@ -121,7 +121,7 @@ class ConsulAuthority:
         if qtype not in _NODE_TYPES:
             # Consul returns before looking the node up: NOERROR, empty, and no SOA.
             return Answer(wire.NOERROR, [], [], [])
-        node = _find_node(catalog, lookup.name)
+        node = catalog.node(lookup.name)
         if node is None:
             return self._nxdomain(domain)
         ttl = _seconds(self.config.node_ttl)
@@ -159,13 +159,10 @@ class ConsulAuthority:
         and with only_passing any check that is not passing."""
         found = []
         only_passing = self.config.only_passing
-        for service in catalog.named(name):
-            node = catalog.nodes.get(service.node)
-            if node is None:
-                continue
+        for row in catalog.instances(name):
+            node, service, checks = row.node, row.service, list(row.checks)
             if tag and tag not in (t.lower() for t in service.tags):
                 continue
-            checks = catalog.instance_checks(service)
             if any(c.status in (structs.CRITICAL, structs.MAINTENANCE)
                    or (only_passing and c.status != structs.PASSING) for c in checks):
                 continue
@@ -301,19 +298,15 @@ class ConsulAuthority:
         TTL 0 (both as Consul). Consul answers PTR whatever the query type, and adds the SOA
         to the authority section when SOA was asked."""
         target = None
-        for name in sorted(catalog.nodes):
-            node = catalog.nodes[name]
+        for node in catalog.nodes():
             if names.reverse_name(node.address) == qname:
                 target = names.node_fqdn(node.name, self.datacenter, self.domain)
                 break
         address = None if target else names.address_from_reverse(qname)
         if address:
-            for node_name in sorted(catalog.services):
-                for _, service in sorted(catalog.services[node_name].items()):
-                    if service.address == address:
-                        target = names.service_fqdn(service.name, self.datacenter, self.domain)
-                        break
-                if target:
+            for row in catalog.instances_everywhere():
+                if row.service.address == address:
+                    target = names.service_fqdn(row.service.name, self.datacenter, self.domain)
                     break
         if target is None:
             return None  # Consul hands these to its recursors
@@ -325,16 +318,6 @@ class ConsulAuthority:
 
 def _seconds(ttl: float) -> int:
     return max(0, int(ttl))  # Go: uint32(ttl / time.Second), truncating
-
-
-def _find_node(catalog: Any, name_lower: str) -> structs.Node | None:
-    node = catalog.nodes.get(name_lower)
-    if node is not None:
-        return node
-    for name in sorted(catalog.nodes):  # node names are case-insensitive in Consul's index
-        if name.lower() == name_lower:
-            return catalog.nodes[name]
-    return None
 
 
 def _node_address(node: structs.Node, qtype: int) -> str:

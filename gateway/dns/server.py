@@ -20,9 +20,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from agent.errors import NoLeader
+from agent.facade import CATALOG_TABLES
 from gateway.dns import wire
 from gateway.dns.authority import Answer, ConsulAuthority  # noqa: F401 - Answer in annotations
 from gateway.dns.cache import VARIANTS, AnswerCache
+from gateway.dns.catalog import DNSCatalog
 from gateway.dns.fit import encode_answer
 from gateway.dns.recursor import Forwarder
 from gateway.dns.stream import TCP_IDLE, TCP_MAX_CONNECTIONS, DNSStreamFactory
@@ -52,12 +54,12 @@ class DNSController:
         self.udp_cache = AnswerCache()
         self.tcp_cache = AnswerCache()
         self.stale_served = 0
-        facade.store.on_commit.append(self._changed)
+        self.unsubscribe = facade.on_change(self._changed)
         # Losing the leader makes every cached answer stale; finding it again, too old.
         getattr(facade, "leader_listeners", []).append(lambda known: self._invalidate())
 
     def _changed(self, index: int, tables) -> None:
-        if tables & {"nodes", "services", "checks"}:
+        if tables & CATALOG_TABLES:
             self._invalidate()
 
     def _invalidate(self) -> None:
@@ -68,19 +70,10 @@ class DNSController:
     def dns_config(self):
         return self.facade.config.dns_config
 
-    def read_store(self):
-        """The state to answer from; NoLeader when no fresh enough state can be had.
-
-        With a leader, its state (in a one-server agent, ours). Without one, the local replica
-        still answers while `allow_stale` is on and it heard from a leader within `max_stale`.
-        """
-        facade = self.facade
-        if facade.known_leader():
-            return facade.store
-        config = self.dns_config
-        if config.allow_stale and facade.last_contact_ms() / 1000.0 <= config.max_stale:
-            return facade.store
-        raise NoLeader()
+    def catalog(self) -> DNSCatalog:
+        """What one answer reads, in the mode `dns_config` allows: stale reads within
+        `max_stale` by default (reads raise NoLeader when no fresh enough state can be had)."""
+        return DNSCatalog(self.facade, self.dns_config)
 
     def answer(self, packet: bytes, udp: bool) -> bytes | defer.Deferred | None:
         cache = self.udp_cache if udp else self.tcp_cache
@@ -114,10 +107,9 @@ class DNSController:
         recursion = self.forwarder is not None and bool(self.forwarder.recursors)
         if self.authority.handles(name):
             try:
-                store = self.read_store()
+                answer = self.authority.resolve(question, self.catalog(), self.rng)
             except NoLeader:
                 return self._serve_stale(packet, stale_entry, udp)
-            answer = self.authority.resolve(question, store, self.rng)
             if answer is not None:
                 encoded = encode_answer(question, answer, self.dns_config, udp=udp,
                                         recursion_available=recursion)
@@ -147,7 +139,7 @@ class DNSController:
     def _add_variant(self, entry, udp: bool) -> None:
         recursion = self.forwarder is not None and bool(self.forwarder.recursors)
         try:
-            answer = self.authority.resolve(entry.question, self.read_store(), self.rng)
+            answer = self.authority.resolve(entry.question, self.catalog(), self.rng)
             if answer is None:
                 entry.shuffle = False
                 return

@@ -1,13 +1,14 @@
 """The one wrapper every endpoint goes through: route, parse shared params, map errors, encode.
 
-Reads are encoded once per state index and shared: the encoded response is cached by request
-(path and query, minus index/wait) and reused while the store's index is unchanged, so a hot key
-or a thousand woken blocking queries cost one encoding. Blocking queries park on store watches.
+Reads go to the core (`facade.read`) as typed queries with `QueryOptions`; blocking, the
+consistency mode and `?filter=` are decided there. Answers are encoded once per index and
+shared: the encoded response is cached by request (path and query, minus index/wait) and
+reused while `facade.local_index(mode)` says a read in that mode would still be answered at
+the same index here, so a hot key or a thousand woken blocking queries cost one encoding.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +16,7 @@ from urllib.parse import urlencode
 import txaio
 from twisted.internet.defer import Deferred
 
-from agent.facade import WriteResult
+from agent.facade import ReadResult, WriteResult
 from agent.errors import (
     InvalidRequest,
     NotFound,
@@ -50,23 +51,25 @@ def error_response(exc: Exception) -> Response:
 
 
 class Cached:
-    __slots__ = ("store_index", "index", "response")
+    """An encoded answer, valid while `facade.local_index(mode)` is still `token`."""
 
-    def __init__(self, store_index: int, index: int, response: Response) -> None:
-        self.store_index = store_index
-        self.index = index
+    __slots__ = ("token", "mode", "result", "response")
+
+    def __init__(self, token: int | None, mode: str, result: ReadResult,
+                 response: Response) -> None:
+        self.token = token
+        self.mode = mode
+        self.result = result  # the core hands the same object to every reader at one index
         self.response = response
 
 
 class HTTPAPI:
     log = txaio.make_logger()
 
-    def __init__(self, facade, reactor, routes: RouteTable, rng: random.Random | None = None) -> None:
+    def __init__(self, facade, reactor, routes: RouteTable) -> None:
         self.facade = facade
         self.reactor = reactor
         self.routes = routes
-        self.store = facade.store
-        self.rng = rng or random.Random()
         self.pretty = facade.config.pretty_json
         self._cache: dict[tuple, Cached] = {}
 
@@ -74,7 +77,8 @@ class HTTPAPI:
         if request.method == "GET" and b"index=" not in request.raw_query:
             # Hot path: the same read at the same state index is answered from its bytes.
             cached = self._cache.get((request.path, request.raw_query))
-            if cached is not None and cached.store_index == self.store.index:
+            if (cached is not None and cached.token is not None
+                    and cached.token == self.facade.local_index(cached.mode)):
                 return cached.response
         raw_path = request.raw_path
         if b"%" in raw_path:
@@ -94,7 +98,8 @@ class HTTPAPI:
         try:
             # Handlers of foreign APIs (etcd's `wait=true`) read their own query fields.
             own = getattr(route.handler, "own_query_params", False)
-            params = parse_query_params({} if own else request.query, self.pretty, self.rng)
+            params = parse_query_params({} if own else request.query, request.headers,
+                                        self.pretty)
             if not route.local:
                 self.facade.check_datacenter(params.dc)
             result = route.handler(self.facade, request, params, arg)
@@ -134,20 +139,45 @@ class HTTPAPI:
             return (request.path, rest.encode())
         return (request.path, request.raw_query)
 
-    def _evaluate(self, key: tuple, read: Read, params) -> Cached:
-        store_index = self.store.index
+    def _read(self, request: Request, params, read: Read) -> Response | Deferred:
+        key = self._cache_key(request)
+        options = params.options
+        if options.min_index <= 0:
+            cached = self._cache.get(key)
+            if (cached is not None and cached.token is not None
+                    and cached.token == self.facade.local_index(cached.mode)):
+                return cached.response
+        try:
+            result = self.facade.read(read.query, options)
+        except WaypostError as exc:
+            return error_response(exc)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(self._encode, self._write_error,
+                                       callbackArgs=(key, read, params))
+        return self._encode(result, key, read, params)
+
+    def _encode(self, result: ReadResult, key: tuple, read: Read, params) -> Response:
+        """The response for `result`, encoded once per index and shared by every reader."""
+        mode = params.options.consistency
         cached = self._cache.get(key)
-        if cached is not None and cached.store_index == store_index:
-            return cached
-        index, payload = read.run(self.store)
-        index = max(index, 1)  # Consul never reports index 0: clients treat it as "no blocking"
+        if cached is not None and cached.result is result:
+            return cached.response
+        token = self.facade.local_index(mode)
+        meta = result.meta
         headers = [VARY]
         if read.index_headers:
             if read.consistency_header:
-                headers.append((b"X-Consul-Effective-Consistency", params.consistency.encode()))
-            headers.append((b"X-Consul-Index", str(index).encode()))
-            headers.append((b"X-Consul-KnownLeader", b"true" if self.facade.known_leader() else b"false"))
-            headers.append((b"X-Consul-LastContact", str(self.facade.last_contact_ms()).encode()))
+                headers.append((b"X-Consul-Effective-Consistency", meta.consistency.encode()))
+            headers.append((b"X-Consul-Index", str(meta.index).encode()))
+            headers.append((b"X-Consul-KnownLeader", b"true" if meta.known_leader else b"false"))
+            headers.append((b"X-Consul-LastContact",
+                            str(int(meta.last_contact * 1000)).encode()))
+        if meta.cache_hit is not None:
+            headers.append((b"X-Cache", b"HIT" if meta.cache_hit else b"MISS"))
+            if meta.cache_hit:
+                headers.append((b"Age", b"%d" % round(meta.cache_age)))
+            token = None  # an answer with cache headers is never served from the fast path
+        payload = read.encode(result.value)
         if payload is MISSING:
             response = Response(404, b"", headers, content_type=None)
         elif isinstance(payload, Raw):
@@ -155,75 +185,7 @@ class HTTPAPI:
                                 content_type=payload.content_type)
         else:
             response = Response(200, encode.dumps(payload, params.pretty), headers)
-        cached = Cached(store_index, index, response)
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = cached
-        return cached
-
-    def _read(self, request: Request, params, read: Read) -> Response | Deferred:
-        key = self._cache_key(request)
-        cached = self._evaluate(key, read, params)
-        if not params.min_index or cached.index > params.min_index or params.wait <= 0:
-            return cached.response
-        return BlockingQuery(self, key, read, params).deferred
-
-
-class BlockingQuery:
-    """One parked query: wakes on a watch, answers when its index moves past the client's."""
-
-    def __init__(self, api: HTTPAPI, key: tuple, read: Read, params) -> None:
-        self.api = api
-        self.key = key
-        self.read = read
-        self.params = params
-        self.handle = None
-        self.deferred = Deferred(self._cancel)
-        self.timer = api.reactor.callLater(params.wait, self._timeout)
-        self._park()
-
-    def _park(self) -> None:
-        self.handle = self.api.store.watch(self._changed, self.read.tables, self.read.kv_prefixes)
-
-    def _changed(self) -> None:
-        self.handle = None
-        try:
-            cached = self.api._evaluate(self.key, self.read, self.params)
-        except Exception as exc:  # noqa: BLE001 - the client gets the error, the agent goes on
-            self._finish_error(exc)
-            return
-        if cached.index > self.params.min_index:
-            self._finish(cached.response)
-        else:
-            self._park()
-
-    def _timeout(self) -> None:
-        self.timer = None
-        try:
-            cached = self.api._evaluate(self.key, self.read, self.params)
-        except Exception as exc:  # noqa: BLE001
-            self._finish_error(exc)
-            return
-        self._finish(cached.response)
-
-    def _release(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-    def _finish(self, response: Response) -> None:
-        self._release()
-        if not self.deferred.called:
-            self.deferred.callback(response)
-
-    def _finish_error(self, exc: Exception) -> None:
-        self._release()
-        if not self.deferred.called:
-            self.deferred.errback(exc)
-
-    def _cancel(self, _deferred: Deferred) -> None:
-        # The client went away: drop the watch and the timer (the Deferred errbacks itself).
-        self._release()
+        self._cache[key] = Cached(token, mode, result, response)
+        return response

@@ -1,59 +1,89 @@
-"""Parsing of the query parameters every endpoint shares: dc, index, wait, consistency, pretty."""
+"""Parsing of what every endpoint shares: dc, token, index/wait (blocking), consistency mode,
+max_stale, filter, cached, pretty — into the core's `QueryOptions`.
+
+Only parsing and Consul's parse errors live here; what the values mean (default wait, cap,
+jitter, the consistency modes) is the core's (agent.rpc).
+"""
 
 from __future__ import annotations
 
-import random
-
-from agent.facade import parse_duration
 from agent.errors import InvalidRequest
+from agent.facade import CONSISTENT, DEFAULT, STALE, QueryOptions, parse_duration
 from gateway.http.decode import parse_uint64
-
-DEFAULT_WAIT = 300.0  # Consul's default query time (5m)
-MAX_WAIT = 600.0  # and its cap (10m)
-JITTER_FRACTION = 16  # Consul adds up to wait/16 so parked queries do not all return together
 
 
 class QueryParams:
-    __slots__ = ("dc", "min_index", "wait", "consistency", "pretty")
+    __slots__ = ("options", "pretty")
 
-    def __init__(self, dc: str, min_index: int, wait: float, consistency: str, pretty: bool) -> None:
-        self.dc = dc
-        self.min_index = min_index
-        self.wait = wait
-        self.consistency = consistency
+    def __init__(self, options: QueryOptions, pretty: bool) -> None:
+        self.options = options
         self.pretty = pretty
 
+    @property
+    def dc(self) -> str:
+        return self.options.datacenter
 
-def parse_query_params(query: dict[str, list[str]], pretty_default: bool, rng: random.Random) -> QueryParams:
+    @property
+    def consistency(self) -> str:
+        return self.options.consistency
+
+
+def _duration(text: str, message: str) -> float:
+    # As Consul's parseWait: Go's duration syntax, where a negative value means "not given".
+    negative = text.startswith("-")
+    try:
+        value = parse_duration(text[1:] if negative else text)
+    except InvalidRequest:
+        raise InvalidRequest(message) from None
+    return 0.0 if negative else value
+
+
+def token_of(query: dict[str, list[str]], headers: dict[str, str]) -> str:
+    """The request's ACL token, as Consul's parseToken finds it: ?token, X-Consul-Token, then
+    `Authorization: Bearer`."""
+    if query.get("token"):
+        return query["token"][0]
+    token = headers.get("x-consul-token", "")
+    if token:
+        return token
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def parse_query_params(query: dict[str, list[str]], headers: dict[str, str],
+                       pretty_default: bool) -> QueryParams:
     dc = query["dc"][0] if "dc" in query else ""
-    min_index = 0
-    wait = 0.0
-    # As Consul's parseWait: an empty value counts as not given, `index` is a uint64 and
-    # `wait` is Go's duration syntax, where a negative wait means the default.
+    # An empty value counts as not given; `index` is a uint64.
     text = query["wait"][0] if "wait" in query else ""
-    if text:
-        negative = text.startswith("-")
-        try:
-            wait = parse_duration(text[1:] if negative else text)
-        except InvalidRequest:
-            raise InvalidRequest("Invalid wait time") from None
-        if negative:
-            wait = 0.0
+    wait = _duration(text, "Invalid wait time") if text else 0.0
+    min_index = 0
     text = query["index"][0] if "index" in query else ""
     if text:
         parsed = parse_uint64(text)
         if parsed is None:
             raise InvalidRequest("Invalid index")
         min_index = parsed
-    if min_index:
-        if wait <= 0:
-            wait = DEFAULT_WAIT
-        wait = min(wait, MAX_WAIT)
-        wait += rng.random() * wait / JITTER_FRACTION
     stale = "stale" in query
     consistent = "consistent" in query
     if stale and consistent:
         raise InvalidRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
-    consistency = "stale" if stale else "consistent" if consistent else "leader"
-    pretty = pretty_default or "pretty" in query
-    return QueryParams(dc, min_index, wait, consistency, pretty)
+    consistency = STALE if stale else CONSISTENT if consistent else DEFAULT
+    text = query["max_stale"][0] if "max_stale" in query else ""
+    max_stale = _duration(text, "Invalid max_stale value") if text else 0.0
+    cached = "cached" in query
+    max_age = 0.0
+    if cached:
+        for directive in headers.get("cache-control", "").split(","):
+            name, _, value = directive.strip().partition("=")
+            if name.lower() == "max-age" and value:
+                if not value.isdigit():
+                    raise InvalidRequest("Invalid max-age value in Cache-Control header")
+                max_age = float(value[:12])
+    if cached and consistent:
+        raise InvalidRequest("Cannot specify ?cached with ?consistent, conflicting semantics.")
+    options = QueryOptions(datacenter=dc, token=token_of(query, headers),
+                           consistency=consistency, max_stale=max_stale, min_index=min_index,
+                           wait=wait, filter=query["filter"][0] if "filter" in query else "",
+                           use_cache=cached, max_age=max_age)
+    return QueryParams(options, pretty_default or "pretty" in query)

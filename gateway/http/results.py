@@ -23,19 +23,17 @@ MISSING = Missing()
 
 
 class Read:
-    """A read of the state store that may block.
+    """A typed read for the core (`facade.read`), and how its value is encoded.
 
-    `run(store)` returns `(index, payload)`; payload is JSON-able, `Raw` or `MISSING`. The
-    wrapper re-runs it when one of `tables` or `kv_prefixes` changes, for blocking queries.
+    `encode(value)` returns a JSON-able payload, `Raw` or `MISSING`. Blocking, consistency
+    modes and `?filter=` are the core's; the wrapper caches the encoded answer per index.
     """
-    __slots__ = ("run", "tables", "kv_prefixes", "consistency_header", "index_headers")
+    __slots__ = ("query", "encode", "consistency_header", "index_headers")
 
-    def __init__(self, run: Callable[[Any], tuple[int, Any]], tables: Iterable[str] = (),
-                 kv_prefixes: Iterable[str] = (), consistency_header: bool = False,
-                 index_headers: bool = True) -> None:
-        self.run = run
-        self.tables = tuple(tables)
-        self.kv_prefixes = tuple(kv_prefixes)
+    def __init__(self, query: Any, encode: Callable[[Any], Any],
+                 consistency_header: bool = False, index_headers: bool = True) -> None:
+        self.query = query
+        self.encode = encode
         self.consistency_header = consistency_header
         self.index_headers = index_headers
 

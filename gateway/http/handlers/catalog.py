@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from agent.errors import InvalidRequest
 from agent.facade import (
-    NODE,
-    NODE_SERVICE,
-    SERVICE_NODE,
     Deregister,
     Field,
     Filter,
@@ -15,21 +12,19 @@ from agent.facade import (
     compile_filter,
     parse_catalog_deregister,
     parse_catalog_register,
+    queries,
 )
 from gateway.http import encode
 from gateway.http.decode import json_body
 from gateway.http.results import Read
 
-CATALOG = ("nodes", "services", "checks")
-
-
-def node_meta_filter(request) -> dict[str, str]:
-    """`?node-meta=key:value`, repeatable; all must match."""
+def node_meta_filter(request) -> tuple[tuple[str, str], ...]:
+    """`?node-meta=key:value`, repeatable; all must match (sorted pairs, as queries take)."""
     wanted = {}
     for item in request.query.get("node-meta", ()):
         key, _, value = item.partition(":")
         wanted[key] = value
-    return wanted
+    return tuple(sorted(wanted.items()))
 
 
 def expression(request, schema: Field, lazy: bool = False) -> Filter | None:
@@ -64,81 +59,46 @@ def deregister(facade, request, params, arg):
 
 
 def datacenters(facade, request, params, arg):
-    dcs = facade.datacenters()
-    return Read(lambda store: (0, dcs), index_headers=False)
+    return Read(queries.CatalogDatacenters(), list, index_headers=False)
 
 
 def nodes(facade, request, params, arg):
-    meta = node_meta_filter(request)
-    rows_filter = expression(request, NODE)
-
-    def run(store):
-        rows = [encode.node(n) for n in store.catalog.node_list(meta)]
-        return store.catalog.table_index["nodes"], filtered(rows_filter, rows)
-    return Read(run, tables=("nodes",), consistency_header=True)
+    query = queries.CatalogNodes(node_meta_filter(request))
+    return Read(query, lambda rows: [encode.node(n) for n in rows], consistency_header=True)
 
 
 def services(facade, request, params, arg):
-    meta = node_meta_filter(request)
-
-    def run(store):
-        catalog = store.catalog
-        if meta:
-            tags: dict[str, dict[str, None]] = {}
-            for node in catalog.node_list(meta):
-                for _, svc in sorted(catalog.services.get(node.name, {}).items()):
-                    bucket = tags.setdefault(svc.name, {})
-                    bucket.update(dict.fromkeys(svc.tags))
-            result = {k: list(v) for k, v in sorted(tags.items())}
-        else:
-            result = catalog.service_tags()
-        return catalog.table_index["services"], result
-    return Read(run, tables=("services", "nodes"), consistency_header=True)
+    # Consul 1.8.7 ignores ?filter here (a map of names to tags); so does the core.
+    return Read(queries.CatalogServices(node_meta_filter(request)), dict,
+                consistency_header=True)
 
 
 def service(facade, request, params, name: str):
     require(name, "Missing service name")
-    tags = request.query.get("tag", ())
-    meta = node_meta_filter(request)
-    rows_filter = expression(request, SERVICE_NODE)
-
-    def run(store):
-        catalog = store.catalog
-        rows = [encode.catalog_service(n, s)
-                for n, s in catalog.service_instances(name, tags, meta)]
-        return catalog.max_service_index(name), filtered(rows_filter, rows)
-    return Read(run, tables=CATALOG, consistency_header=True)
+    query = queries.CatalogServiceNodes(name, tuple(request.query.get("tag", ())),
+                                        node_meta_filter(request))
+    return Read(query, lambda rows: [encode.catalog_service(r.node, r.service) for r in rows],
+                consistency_header=True)
 
 
 def node(facade, request, params, name: str):
     require(name, "Missing node name")
-    services_filter = expression(request, NODE_SERVICE)
 
-    def run(store):
-        catalog = store.catalog
-        index = max(catalog.table_index["nodes"], catalog.table_index["services"])
-        found = catalog.nodes.get(name)
+    def shape(found):
         if found is None:
-            return index, None
-        services = {sid: encode.service(s) for sid, s in
-                    sorted(catalog.services.get(name, {}).items())}
-        if services_filter is not None:
-            services = services_filter.select_values(services)
-        return index, {"Node": encode.node(found), "Services": services}
-    return Read(run, tables=("nodes", "services"), consistency_header=True)
+            return None
+        return {"Node": encode.node(found.node),
+                "Services": {sid: encode.service(s) for sid, s in found.services.items()}}
+    return Read(queries.CatalogNodeServices(name), shape, consistency_header=True)
 
 
 def node_services(facade, request, params, name: str):
     """/v1/catalog/node-services/<node>: the node and its services as a list (Consul 1.7+)."""
     require(name, "Missing node name")
-    services_filter = expression(request, NODE_SERVICE)
 
-    def run(store):
-        catalog = store.catalog
-        index = max(catalog.table_index["nodes"], catalog.table_index["services"])
-        found = catalog.nodes.get(name)
+    def shape(found):
         if found is None:
-            return index, {"Node": None, "Services": None}
-        services = [encode.service(s) for _, s in sorted(catalog.services.get(name, {}).items())]
-        return index, {"Node": encode.node(found), "Services": filtered(services_filter, services)}
-    return Read(run, tables=("nodes", "services"), consistency_header=True)
+            return {"Node": None, "Services": None}
+        return {"Node": encode.node(found.node),
+                "Services": [encode.service(s) for s in found.services.values()]}
+    return Read(queries.CatalogNodeServices(name), shape, consistency_header=True)

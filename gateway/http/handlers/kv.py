@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.errors import InvalidRequest, WaypostError
-from agent.facade import KVOperation
+from agent.facade import KVOperation, queries
 from agent.structs import KVEntry
 from gateway.http.api import TEXT, VARY
 from gateway.http.decode import flag, parse_uint64
@@ -14,7 +14,6 @@ from gateway.http.encode import kv as encode_kv
 from gateway.http.request import Response
 from gateway.http.results import MISSING, Raw, Read
 
-KVS = "kvs"
 RAW_HEADERS = ((b"Content-Security-Policy", b"sandbox"), (b"X-Content-Type-Options", b"nosniff"))
 
 
@@ -29,28 +28,17 @@ def kv(facade, request, params, key: str):
 def _get(request, key: str) -> Read:
     if "keys" in request.query:
         separator = request.query.get("separator", [""])[0]
-
-        def run(store):
-            index, keys = store.kv.keys(key, separator)
-            return index, keys if keys else MISSING
-        return Read(run, kv_prefixes=(key,))
+        return Read(queries.KVKeys(key, separator), lambda keys: keys if keys else MISSING)
     if "recurse" in request.query:
-        def run(store):
-            index, entries = store.kv.list(key)
-            return index, [encode_kv(e) for e in entries] if entries else MISSING
-        return Read(run, kv_prefixes=(key,))
+        return Read(queries.KVList(key),
+                    lambda entries: [encode_kv(e) for e in entries] if entries else MISSING)
     if not key:
         raise InvalidRequest("Missing key name")
-    raw = flag(request, "raw")
-
-    def run(store):
-        index, entry = store.kv.get(key)
-        if entry is None:
-            return index, MISSING
-        if raw:
-            return index, Raw(entry.value or b"", b"text/plain", RAW_HEADERS)
-        return index, [encode_kv(entry)]
-    return Read(run, kv_prefixes=(key,))
+    if flag(request, "raw"):
+        return Read(queries.KVGet(key), lambda entry: MISSING if entry is None else
+                    Raw(entry.value or b"", b"text/plain", RAW_HEADERS))
+    return Read(queries.KVGet(key),
+                lambda entry: MISSING if entry is None else [encode_kv(entry)])
 
 
 def _go_uint(request, name: str) -> int | None:

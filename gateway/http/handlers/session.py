@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.errors import InvalidRequest, WaypostError
-from agent.facade import (SESSIONS, Session, SessionCreate, SessionDestroy, SessionRenew,
+from agent.facade import (Session, queries, SessionCreate, SessionDestroy, SessionRenew,
                           parse_duration)
 from agent.structs import SERF_CHECK_ID, ServiceCheck
 from gateway.http.api import TEXT, VARY
@@ -236,26 +236,19 @@ def renew(facade, request, params, session_id: str):
     return facade.write(SessionRenew(session_id)).addCallback(lambda r: answer(r.value))
 
 
+def _sessions(rows) -> list:
+    return [encode_session(s) for s in rows]
+
+
 def info(facade, request, params, session_id: str):
     _require(session_id, "Missing session")
-
-    def run(store):
-        index, session = store.sessions.get(session_id)
-        return index, [] if session is None else [encode_session(session)]
-    return Read(run, tables=(SESSIONS,))
+    return Read(queries.SessionGet(session_id), _sessions)
 
 
 def node(facade, request, params, node_name: str):
     _require(node_name, "Missing node name")
-
-    def run(store):
-        index, sessions = store.sessions.node_sessions(node_name)
-        return index, [encode_session(s) for s in sessions]
-    return Read(run, tables=(SESSIONS,))
+    return Read(queries.SessionNode(node_name), _sessions)
 
 
 def list_all(facade, request, params, arg):
-    def run(store):
-        index, sessions = store.sessions.list()
-        return index, [encode_session(s) for s in sessions]
-    return Read(run, tables=(SESSIONS,))
+    return Read(queries.SessionList(), _sessions)
