@@ -1,23 +1,17 @@
-"""The composition root of the core: builds the store, FSM, log and local state for one agent.
+"""The composition root of the core: one agent, a server or a client, behind one facade.
 
 `make_agent(config, reactor)` returns an `Agent` (a MultiService) whose `facade` is what the
-gateway hands to frontends. Nothing here knows about frontends.
-
-The log is the one-member `agent.raft.single.SingleServerLog`: in memory for `-dev` (and without
-a data_dir), else on the write-ahead log and snapshots in `data_dir/raft/`, so every write
-acknowledged to a client is on disk first. `load_state()` brings the state back from there (the
-newest snapshot, then the log after it) before anything is served; the runner calls it before
-the reactor starts, so a damaged data_dir stops the agent in one line. Leader duties
-(`agent.leader`) start and stop with the log's leadership events.
+gateway hands to frontends. A server agent owns a `ServerCore` (store, FSM, log, leader duties,
+endpoints, see `agent.server`); a client agent has no store and is given the endpoints of a
+server to reach (in this issue only in process; the gossip issue adds RPC). Both keep their own
+services and checks in a local state that syncs through a catalog client. Nothing here knows
+about frontends.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import replace
-from pathlib import Path
-from threading import Thread
 from typing import Any
 
 import txaio
@@ -27,90 +21,58 @@ from twisted.python.threadpool import ThreadPool
 
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
-from agent.durations import parse_duration
 from agent.errors import InvalidRequest
-from agent.facade import AgentFacade, Member
-from agent.fsm.apply import FSM
-from agent.fsm.commands import Register
-from agent.leader import LeaderDuties
+from agent.facade import CATALOG_TABLES, STALE, AgentFacade, Member, QueryOptions, queries
 from agent.local.catalog import InProcessCatalog
 from agent.local.compose import build_local, check_update_interval_of
 from agent.local.persist import LocalPersistence, Saved
 from agent.local.state import CONFIG
 from agent.loops import LoopSet, ResilientLoop
-from agent.raft.records import LogError
-from agent.raft.single import SNAPSHOT_INTERVAL, SNAPSHOT_THRESHOLD, SingleServerLog
-from agent.raft.snapshots import SnapshotError as SnapshotFileError
-from agent.raft.snapshots import SnapshotStore
-from agent.raft.wal import WriteAheadLog
-from agent.rpc.server import ServerEndpoints
 from agent.schemas import SchemaSet
-from agent.sessions import SessionManager
-from agent.state.snapshot import SnapshotError, read_legacy_file
-from agent.state.store import StateStore
+from agent.server import DataDirError, ServerCore, SnapshotError
 
 __all__ = ["Agent", "DataDirError", "SnapshotError", "make_agent"]
 
 txaio.use_twisted()
 
 CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
-SNAPSHOT_TURN_BYTES = 8 * 1024  # snapshot bytes encoded per reactor turn (~0.3 ms)
-
-
-class DataDirError(SnapshotError):
-    """data_dir holds a log or snapshots this agent cannot start from (damaged in the middle,
-    written by a newer version, in use by another process); the message says which file."""
-
-
-class _DaemonThreadPool(ThreadPool):
-    """The log's pool. Daemon threads: an agent that never got to stop (a failed start) must
-    not hang the process's exit on them; a write cut short that way was never acknowledged."""
-
-    threadFactory = staticmethod(lambda *a, **kw: Thread(*a, daemon=True, **kw))
+_LOCAL_READ = QueryOptions(consistency=STALE)
 
 
 class Agent(MultiService):
     """One agent's core. Its background loops are in `loops` (by name: "anti-entropy",
-    "check-reaper"), each counting the ticks that failed; the leader's are in `leader`."""
+    "check-reaper"), each counting the ticks that failed; a server's leader duties are in
+    `leader`. `server` is None on a client agent."""
 
     log = txaio.make_logger()
 
     def __init__(self, config: AgentConfig, reactor, *,
-                 persistence: LocalPersistence | None = None, pool: ThreadPool | None = None
-                 ) -> None:
-        """`pool` runs the write-ahead log's file work (a pool of the agent's own, started by
-        `load_state`, when None); only a non-dev agent with a data_dir uses it."""
+                 persistence: LocalPersistence | None = None, pool: ThreadPool | None = None,
+                 endpoints: Any = None) -> None:
+        """A server agent when `config.server`; else a client agent reaching `endpoints` (an
+        object with the server endpoints' methods)."""
         super().__init__()
         self.config = config
         self.reactor = reactor
-        # Watchers woken by a write fire on later reactor turns: the writer is answered first.
-        self.store = StateStore(defer=lambda f: reactor.callLater(0, f),
-                                report_error=self._report_error)
-        self.fsm = FSM(self.store, report_error=self._report_error, clock=reactor.seconds)
-        threshold, interval, trailing = _raft_settings(config)
-        self.raft = SingleServerLog(reactor, self.fsm, address=config.server_rpc_addr,
-                                    server_id=config.node_id, snapshot_threshold=threshold,
-                                    snapshot_interval=interval, trailing_logs=trailing)
-        self.durable = bool(config.data_dir) and not config.dev
-        self._pool = pool
-        self._own_pool = pool is None
-        self._retire_legacy: Path | None = None
+        if config.server:
+            self.server: ServerCore | None = ServerCore(config, reactor, self.node, pool=pool)
+            endpoints = self.server.endpoints
+            # The server's parts, by the names tests and tools know them.
+            self.store, self.fsm, self.raft = self.server.store, self.server.fsm, self.server.raft
+            self.sessions, self.leader = self.server.sessions, self.server.leader
+        elif endpoints is None:
+            raise ValueError("a client agent needs the endpoints of a server to reach")
+        else:
+            self.server = None
+        self.endpoints = endpoints
         # API registrations live in data_dir whenever there is one, -dev or not, as in Consul.
         if persistence is None and config.data_dir:
             persistence = LocalPersistence(config.data_dir)
         self.persistence = persistence
-        self.sessions = SessionManager(reactor, self.store, self.raft.apply,
-                                       lambda: self.config.node_name)
-        self.leader = LeaderDuties(reactor, self.store, self.raft.apply,
-                                   lambda: self.raft.applied_index, sessions=self.sessions,
-                                   member=self._member_registration)
-        self.endpoints = ServerEndpoints(
-            reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
-            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)
-        # This agent's services and checks reach the catalog through the server endpoints, as
-        # a client agent's reach a server over RPC.
+        # This agent's services and checks reach the catalog through the endpoints, as a
+        # client agent's reach a server over RPC.
         local = build_local(
-            reactor, InProcessCatalog(self.endpoints.write, self.endpoints.read), self.node,
+            reactor, InProcessCatalog(endpoints.write, endpoints.read), self.node,
             runner_factory=self._make_runner,
             enable_script_checks=getattr(config, "enable_script_checks", False),
             enable_local_script_checks=getattr(config, "enable_local_script_checks", False),
@@ -120,19 +82,17 @@ class Agent(MultiService):
             keep_checks=frozenset({structs.SERF_CHECK_ID}),
             cluster_size=lambda: len(self.members()))
         self.local, self.antientropy = local.state, local.antientropy
-        self.schemas = SchemaSet()
         self.plugin_names: list[str] = []
-        self._state_loaded = False
         self.loops = LoopSet()
         self.loops.add(self.antientropy.loop)
         self.loops.add(ResilientLoop(reactor, "check-reaper", self.local.reap_critical,
                                      CHECK_REAP_INTERVAL))
-        self.facade = AgentFacade(config, reactor, self.store, self.endpoints, local.endpoints,
+        self.schemas = SchemaSet()
+        self.facade = AgentFacade(config, reactor, endpoints, local.endpoints,
                                   self.schemas, self.members, self.stats,
-                                  plugin_names=lambda: list(self.plugin_names),
-                                  sessions=self.sessions)
-        self.raft.add_leadership_listener(self.leader.leadership_changed)
-        self.raft.add_leadership_listener(self.facade.set_leader_known)
+                                  plugin_names=lambda: list(self.plugin_names))
+        if self.server is not None:
+            self.server.raft.add_leadership_listener(self.facade.set_leader_known)
 
     def _make_runner(self, spec, notifier):
         from agent.checks.factory import make_runner
@@ -141,22 +101,32 @@ class Agent(MultiService):
                            docker_host=os.environ.get("DOCKER_HOST"))
 
     def _alias_statuses(self, node: str, service_id: str) -> list[str] | None:
-        """Statuses an alias check aggregates; None when what it names does not exist."""
-        catalog = self.store.catalog
-        if node not in catalog.nodes:
+        """Statuses an alias check aggregates; None when what it names does not exist. Read
+        through the read seam (a client agent has no store), from the local replica."""
+        found = self.facade.read(queries.CatalogNodeServices(node), _LOCAL_READ)
+        if isinstance(found, Deferred):  # an answer that must wait: try again on the change
+            found.addErrback(lambda f: None)
             return None
+        if found.value is None:
+            return None
+        checks = self.facade.read(queries.HealthNodeChecks(node), _LOCAL_READ).value
         if service_id:
-            service = catalog.services.get(node, {}).get(service_id)
-            if service is None:
+            if service_id not in found.value.services:
                 return None
-            return [c.status for c in catalog.instance_checks(service)]
-        return [c.status for c in catalog.node_checks(node)]
+            return [c.status for c in checks if not c.service_id or c.service_id == service_id]
+        return [c.status for c in checks]
 
     def _watch_catalog(self, callback):
-        return self.store.watch(callback, tables=("nodes", "services", "checks"))
+        """Call `callback()` once, on the next change of the catalog (alias checks)."""
+        fired = []
 
-    def _report_error(self, exc: BaseException) -> None:
-        self.log.error("error in a state watcher: {exc!r}", exc=exc)
+        def changed(index: int, tables: frozenset[str]) -> None:
+            if tables & CATALOG_TABLES and not fired:
+                fired.append(True)
+                handle.cancel()
+                callback()
+        handle = _Subscription(self.facade.on_change(changed))
+        return handle
 
     def node(self) -> structs.Node:
         addr = self.config.advertise
@@ -165,22 +135,6 @@ class Agent(MultiService):
             datacenter=self.config.datacenter,
             tagged_addresses={"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
             meta={"consul-network-segment": "", **self.config.node_meta})
-
-    def _member_registration(self) -> Register:
-        """This server in the catalog, as Consul's leader registers a member that joined: the
-        node as gossip knows it (no meta, no tagged addresses), its consul service and
-        serfHealth. The agent's own sync writes the node's full info."""
-        node = self.node()
-        c = self.config
-        consul = structs.Service(
-            node=node.name, id="consul", name="consul", port=c.ports.server,
-            meta={"non_voter": "false", "raft_version": "3", "serf_protocol_current": "2",
-                  "serf_protocol_max": "5", "serf_protocol_min": "1", "version": VERSION})
-        serf = structs.Check(node=node.name, check_id=structs.SERF_CHECK_ID,
-                             name=structs.SERF_CHECK_NAME, status=structs.PASSING,
-                             output=structs.SERF_ALIVE_OUTPUT)
-        member = replace(node, tagged_addresses={}, meta={})
-        return Register(node=member, service=consul if c.server else None, checks=(serf,))
 
     def member_tags(self) -> dict:
         c = self.config
@@ -198,86 +152,36 @@ class Agent(MultiService):
                        self.member_tags())]
 
     def stats(self) -> dict:
-        raft = self.raft
-        index = str(raft.last_index)
-        return {
+        local = self.local
+        stats = {
             "agent": {"check_monitors": "0",
-                      "check_ttls": str(sum(1 for lc in self.local.checks.values() if lc.spec.ttl > 0)),
-                      "checks": str(len(self.local.checks)), "services": str(len(self.local.services))},
+                      "check_ttls": str(sum(1 for lc in local.checks.values() if lc.spec.ttl > 0)),
+                      "checks": str(len(local.checks)), "services": str(len(local.services))},
             "build": {"prerelease": "", "revision": "", "version": VERSION},
-            "consul": {"acl": "disabled", "bootstrap": "false", "known_datacenters": "1",
-                       "leader": str(raft.is_leader).lower(), "leader_addr": raft.leader_address,
-                       "server": "true"},
-            "raft": {"applied_index": str(raft.applied_index), "commit_index": index,
-                     "fsm_pending": "0", "last_contact": "0", "last_log_index": index,
-                     "last_log_term": str(raft.term),
-                     "last_snapshot_index": str(raft.snapshot_index),
-                     "last_snapshot_term": str(raft.snapshot_term), "num_peers": "0",
-                     "state": "Leader" if raft.is_leader else "Follower",
-                     "term": str(raft.term)},
+            "consul": {"acl": "disabled", "known_datacenters": "1",
+                       "server": str(self.server is not None).lower()},
             "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count()),
                         "os": platform.system().lower(),
                         "version": f"python{platform.python_version()}"},
         }
-
-    def legacy_state_path(self) -> Path | None:
-        """Where Waypost versions before the write-ahead log kept the whole state (read once,
-        at the first start of a newer version; None for an agent that keeps nothing)."""
-        if not self.durable:
-            return None
-        return Path(self.config.data_dir) / "state" / "snapshot.json"
+        if self.server is not None:
+            raft = self.server.raft
+            stats["consul"].update({"bootstrap": "false",
+                                    "leader": str(raft.is_leader).lower(),
+                                    "leader_addr": raft.leader_address})
+            stats["consul"] = dict(sorted(stats["consul"].items()))
+            stats["raft"] = self.server.raft_stats()
+        order = ("agent", "build", "consul", "raft", "runtime")  # as Consul lists them
+        return {key: stats[key] for key in order if key in stats}
 
     def load_state(self) -> None:
-        """Bring the state back from data_dir, once: the newest snapshot, then every entry of
-        the log after it, through the FSM. Raises `SnapshotError` (a `DataDirError` for the
-        log and snapshots) naming the file and what is wrong with it. `startService` calls it;
-        the runner calls it earlier, so that a damaged data_dir stops the agent before
-        anything starts."""
-        if self._state_loaded:
-            return
-        if self.durable:
-            self._recover_from_disk()
-        else:
-            self.raft.recover()
-        self._state_loaded = True
-
-    def _recover_from_disk(self) -> None:
-        data_dir = self.config.data_dir
-        if self._pool is None:
-            self._pool = _DaemonThreadPool(minthreads=0, maxthreads=2, name="waypost-raft")
-        try:
-            wal = WriteAheadLog.open_now(self.reactor, self._pool, data_dir)
-            snapshots = SnapshotStore.prepare_now(self.reactor, self._pool, data_dir,
-                                                  turn_bytes=SNAPSHOT_TURN_BYTES)
-        except (LogError, SnapshotFileError, OSError) as exc:
-            raise DataDirError(str(exc)) from None
-        legacy_path = self.legacy_state_path()
-        legacy = None
-        try:
-            if legacy_path.exists():
-                if snapshots.latest_now() is None:
-                    legacy = read_legacy_file(legacy_path)  # SnapshotError names the file
-                self._retire_legacy = legacy_path
-            self.raft.recover(wal, snapshots, legacy=legacy)
-        except SnapshotError:
-            raise
-        except (LogError, SnapshotFileError, OSError) as exc:
-            raise DataDirError(str(exc)) from None
-        if legacy is not None:
-            self.log.info("restored state at index {index} from {path} (a state file of an "
-                          "older version; the write-ahead log takes over)",
-                          index=legacy.index, path=str(legacy_path))
-        if self._own_pool and not self._pool.started:
-            self._pool.start()
+        """A server's state from data_dir (see `ServerCore.load_state`); nothing on a client."""
+        if self.server is not None:
+            self.server.load_state()
 
     def startService(self) -> None:
-        self.load_state()
-        # The one server wins its election at once: commands are accepted from here on, and
-        # the leader duties (its own catalog entry, session timers, tombstone GC) start once
-        # the log is applied to its end.
-        self.raft.start()
-        if self._retire_legacy is not None:
-            self._retire_legacy_state(self._retire_legacy)
+        if self.server is not None:
+            self.server.start()
         saved = self.persistence.load() if self.persistence is not None else Saved()
         self.local.expect_saved_states(saved.states)
         self._register_config(self.config)
@@ -287,21 +191,6 @@ class Agent(MultiService):
         self.antientropy.start(now=True)
         self.loops["check-reaper"].start()
         super().startService()
-
-    def _retire_legacy_state(self, path: Path) -> None:
-        """Once a snapshot of the log holds what the old state file held, remove the file."""
-        self._retire_legacy = None
-
-        def remove(_: Any) -> None:
-            path.unlink(missing_ok=True)
-            self.log.info("removed the old state file {path}: the snapshots of the log hold "
-                          "its state", path=str(path))
-        if self.raft.snapshot_index > 0:
-            remove(None)
-            return
-        self.raft.take_snapshot().addCallbacks(remove, lambda f: self.log.failure(
-            "the first snapshot after restoring {path} failed; the file stays", f,
-            path=str(path)))
 
     def _register_config(self, config: AgentConfig) -> None:
         for definition in getattr(config, "services", ()):
@@ -353,31 +242,26 @@ class Agent(MultiService):
         self.local.stop()
         self.antientropy.stop()
         self.loops.stop()
-        # Leadership ends (the leader duties stop), then the log closes once what was
-        # appended is durable, then its pool.
-        d = maybeDeferred(self.raft.stop)
-        d.addErrback(lambda f: self.log.failure("closing the log failed", f))
-        d.addBoth(self._stop_pool)
+        d = self.server.stop() if self.server is not None else maybeDeferred(lambda: None)
         d.addBoth(lambda _: super(Agent, self).stopService())
         return d
 
-    def _stop_pool(self, _: Any) -> None:
-        if self._own_pool and self._pool is not None and self._pool.started:
-            self._pool.stop()
 
+class _Subscription:
+    """A watch-like handle over an `on_change` subscription (alias checks cancel it)."""
 
-def _raft_settings(config: Any) -> tuple[int, float, int]:
-    """raft_snapshot_threshold, raft_snapshot_interval and raft_trailing_logs (0: default)."""
-    settings = getattr(config, "settings", None) or {}
-    threshold = settings.get("raft_snapshot_threshold") or SNAPSHOT_THRESHOLD
-    interval = settings.get("raft_snapshot_interval")
-    interval = parse_duration(interval) if interval else SNAPSHOT_INTERVAL
-    trailing = settings.get("raft_trailing_logs") or 0
-    return int(threshold), float(interval or SNAPSHOT_INTERVAL), int(trailing)
+    def __init__(self, unsubscribe) -> None:
+        self._unsubscribe = unsubscribe
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._unsubscribe()
 
 
 def make_agent(config: AgentConfig, reactor, *, persistence: LocalPersistence | None = None,
-               pool: ThreadPool | None = None) -> Agent:
+               pool: ThreadPool | None = None, endpoints: Any = None) -> Agent:
     """The core of one agent; `persistence` defaults to the real disk, `pool` to the log's own
-    thread pool."""
-    return Agent(config, reactor, persistence=persistence, pool=pool)
+    thread pool; a client agent (`server = false`) needs the `endpoints` of a server."""
+    return Agent(config, reactor, persistence=persistence, pool=pool, endpoints=endpoints)

@@ -7,7 +7,7 @@ they never touch the FSM or the log.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 
@@ -32,16 +32,13 @@ from agent.rpc.requests import SessionRenew
 from agent.rpc.server import ServerEndpoints
 from agent.rpc import shapes
 from agent.schemas import SchemaSet
-from agent.sessions import SessionManager
 from agent.state.catalog import is_healthy
 from agent.state.sessions import SESSIONS
 from agent.state.store import CATALOG_TABLES as _CATALOG_TABLES
-from agent.state.store import StateStore
 from agent.state.kv import KVS as KV_TABLE
 from agent.state.sessions import SESSIONS as SESSIONS_TABLE
 from agent.state.txn import MAX_TXN_OPS
 from agent.state.txn import WRITE_VERBS as TXN_WRITE_VERBS
-from agent.state.watch import WatchHandle
 from agent.structs import Session, TxnError, TxnOutcome
 
 # Everything a frontend may use from the core is importable from here; the import-graph test
@@ -53,11 +50,11 @@ __all__ = [
     "WriteRequest", "WriteResult", "DEFAULT", "STALE", "CONSISTENT", "SessionRenew",
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
     "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
-    "Session", "SessionManager", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",
+    "Session", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",
     "TXN_WRITE_VERBS",
     "CatalogRegistration", "CatalogDeregistration", "CheckSpec", "ServiceDefinition",
     "parse_service_definition", "parse_check_definition", "parse_catalog_register",
-    "parse_catalog_deregister", "parse_duration", "is_healthy", "WatchHandle",
+    "parse_catalog_deregister", "parse_duration", "is_healthy", 
     "Field", "Filter", "FilterError", "compile_filter", "NODE", "NODE_SERVICE", "SERVICE_NODE",
     "HEALTH_CHECK", "CHECK_SERVICE_NODE",
 ]
@@ -82,15 +79,19 @@ class Member:
 
 
 class AgentFacade:
-    def __init__(self, config: AgentConfig, reactor, store: StateStore,
-                 endpoints: ServerEndpoints, local: LocalEndpoints,
-                 schemas: SchemaSet,
+    """What frontends get of the core: the read and write seams, a change feed, agent facts.
+
+    `endpoints` answers reads and writes that need server state: a server agent's own
+    `ServerEndpoints`, or (a client agent) something with the same methods that reaches a
+    server. `local` answers what concerns this agent itself (its services and checks).
+    """
+
+    def __init__(self, config: AgentConfig, reactor, endpoints: ServerEndpoints,
+                 local: LocalEndpoints, schemas: SchemaSet,
                  members: Callable[[], list[Member]], stats: Callable[[], dict],
-                 plugin_names: Callable[[], list[str]] = lambda: [],
-                 sessions: SessionManager | None = None) -> None:
+                 plugin_names: Callable[[], list[str]] = lambda: []) -> None:
         self.config = config
         self.reactor = reactor
-        self.store = store
         self._local = local  # this agent's own services and checks
         self.schemas = schemas
         self._endpoints = endpoints
@@ -98,8 +99,6 @@ class AgentFacade:
         self._members = members
         self._stats = stats
         self.plugin_names = plugin_names
-        # create/renew/destroy/info/list/node_sessions, TTLs and lock-delays (agent.sessions).
-        self.sessions = sessions
         # Re-reads the configuration (set by whoever started the agent from files); fires when
         # applied, fails with the reason when the new configuration is bad.
         self.reload: Callable[[], Deferred] | None = None
@@ -132,22 +131,12 @@ class AgentFacade:
         """Call `listener(index, tables)` after every committed change (tables among
         CATALOG_TABLES and KV_TABLE, SESSIONS_TABLE); returns the call that unsubscribes.
         For caches that must drop what a change made stale (DNS answers, plugin views)."""
-        listeners = self.store.on_commit
-        listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in listeners:
-                listeners.remove(listener)
-        return unsubscribe
+        return self._endpoints.on_change(listener)
 
     def local_index(self, consistency: str) -> int | None:
         """The index a read in `consistency` mode would be answered at right now without a
         round trip, or None: frontends validate cached answers with it."""
         return self._endpoints.local_index(consistency)
-
-    def watch(self, callback: Callable[[], None], tables: Iterable[str] = (),
-              kv_prefixes: Iterable[str] = ()) -> WatchHandle:
-        return self.store.watch(callback, tables, kv_prefixes)
 
     def check_datacenter(self, dc: str | None) -> None:
         """Only our own datacenter is reachable until WAN federation exists."""
@@ -158,13 +147,14 @@ class AgentFacade:
         return [self.config.datacenter]
 
     def leader(self) -> str:
-        return self.config.server_rpc_addr if self.config.server else ""
+        """The leader's server address ("" when none is known)."""
+        return self._endpoints.leader() if self._leader_known else ""
 
     def peers(self) -> list[str]:
-        return [self.config.server_rpc_addr] if self.config.server else []
+        return self._endpoints.peers()
 
     def known_leader(self) -> bool:
-        return bool(self.leader()) and self._leader_known
+        return bool(self.leader())
 
     def set_leader_known(self, known: bool) -> None:
         """Called by the consensus layer when the leader is lost or found again."""
@@ -174,7 +164,8 @@ class AgentFacade:
                 listener(known)
 
     def last_contact_ms(self) -> int:
-        return 0  # we are the leader
+        """Milliseconds since this agent's server heard from the leader (0 on the leader)."""
+        return int(self._endpoints.last_contact() * 1000)
 
     def members(self) -> list[Member]:
         return self._members()

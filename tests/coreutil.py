@@ -51,7 +51,7 @@ class Core:
         self.endpoints = ServerEndpoints(self.clock, self.store, self.log,
                                          datacenter=lambda: self.config.datacenter,
                                          lock_delay_remaining=lambda key: 0.0)
-        self.facade = AgentFacade(self.config, self.clock, self.store, self.endpoints,
+        self.facade = AgentFacade(self.config, self.clock, self.endpoints,
                                   SimpleNamespace(services={}, checks={}), None, list, dict)
 
     def apply(self, command: Any) -> Any:

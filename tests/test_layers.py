@@ -67,3 +67,20 @@ def test_core_never_uses_the_global_reactor_or_wall_clock():
         if "from twisted.internet import reactor" in text or "time.time()" in text:
             bad.append(str(path.relative_to(ROOT)))
     assert bad == []
+
+
+def test_frontends_never_reach_into_the_core_past_its_seams():
+    """The facade offers read/write/on_change and agent facts; its internals (the store, the
+    local state, the session manager) are neither exposed nor reached for."""
+    from agent.facade import AgentFacade
+    forbidden = ("facade.store", "facade.local.", "facade.sessions", ".store.kv",
+                 ".store.catalog", "store.on_commit")
+    bad = []
+    for package in ("gateway", "plugins"):
+        for path in modules(package):
+            text = path.read_text()
+            bad += [(str(path.relative_to(ROOT)), word) for word in forbidden if word in text]
+    assert bad == []
+    assert not {"store", "local", "sessions"} & set(vars(AgentFacade))
+    import inspect
+    assert "store" not in inspect.signature(AgentFacade).parameters

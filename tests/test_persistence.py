@@ -210,8 +210,8 @@ def test_config_registrations_are_not_persisted_and_win_over_saved_ones(tmp_path
 
 def test_dev_without_data_dir_keeps_nothing():
     agent = make_agent(AgentConfig(node_name="me", node_id="", dev=True), task.Clock())
-    assert agent.persistence is None and agent.legacy_state_path() is None
-    assert not agent.durable
+    assert agent.persistence is None and agent.server.legacy_state_path() is None
+    assert not agent.server.durable
 
 
 def test_a_registration_the_disk_refuses_fails_whole(tmp_path):

@@ -49,8 +49,7 @@ class Core:
                                          datacenter=lambda: "dc1",
                                          lock_delay_remaining=self.sessions.lock_delay_remaining,
                                          session_timers=self.sessions, new_id=lambda: next(ids))
-        self.facade = AgentFacade(None, self.clock, self.store, self.endpoints, None, None,
-                                  list, dict, sessions=self.sessions)
+        self.facade = AgentFacade(None, self.clock, self.endpoints, None, None, list, dict)
         if store is None:
             self.register(Check(node="n1", check_id="serfHealth", name="serf",
                                 status=structs.PASSING))

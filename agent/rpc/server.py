@@ -64,6 +64,29 @@ class ServerEndpoints:
         # thousand readers woken by one write share one evaluation (and so one encoding).
         self._memo: dict[tuple, tuple[int, ReadResult]] = {}
 
+    # --- what frontends learn of the server -----------------------------------------------------
+
+    def on_change(self, listener: Callable[[int, frozenset[str]], None]) -> Callable[[], None]:
+        """Call `listener(index, tables)` after every committed change; returns the call that
+        unsubscribes."""
+        listeners = self._store.on_commit
+        listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+        return unsubscribe
+
+    def leader(self) -> str:
+        return self._log.leader_address
+
+    def peers(self) -> list[str]:
+        address = self._log.leader_address
+        return [address] if address else []
+
+    def last_contact(self) -> float:
+        return self._log.last_contact()
+
     # --- reads ----------------------------------------------------------------------------------
 
     def local_index(self, consistency: str) -> int | None:
