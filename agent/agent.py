@@ -239,6 +239,7 @@ class Agent(MultiService):
                 self.log.failure("a reload listener failed")
 
     def stopService(self) -> Deferred:
+        self.facade.stop()
         self.local.stop()
         self.antientropy.stop()
         self.loops.stop()

@@ -21,7 +21,7 @@ from agent.errors import UnknownDatacenter
 from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, SERVICE_NODE,
                           Field, Filter, FilterError, compile_filter)
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
-                                Txn)
+                                SessionTxn, SessionTxnResult, Txn)
 from agent.local import commands as local_commands
 from agent.local.endpoints import LocalEndpoints
 from agent.rpc import queries
@@ -50,6 +50,7 @@ __all__ = [
     "WriteRequest", "WriteResult", "DEFAULT", "STALE", "CONSISTENT", "SessionRenew",
     "AgentFacade", "Member", "AgentConfig", "VERSION", "WAYPOST_VERSION",
     "Register", "Deregister", "KVOperation", "SessionCreate", "SessionDestroy", "Txn",
+    "SessionTxn", "SessionTxnResult",
     "Session", "SESSIONS", "TxnError", "TxnOutcome", "MAX_TXN_OPS",
     "TXN_WRITE_VERBS",
     "CatalogRegistration", "CatalogDeregistration", "CheckSpec", "ServiceDefinition",
@@ -126,6 +127,10 @@ class AgentFacade:
         if type(command) in _LOCAL_COMMANDS:
             return self._local.write(command, request)
         return self._endpoints.write(command, request)
+
+    def stop(self) -> None:
+        """Drop the agent cache's background refreshes (the agent is stopping)."""
+        self._cache.stop()
 
     def on_change(self, listener: Callable[[int, frozenset[str]], None]) -> Callable[[], None]:
         """Call `listener(index, tables)` after every committed change (tables among

@@ -82,8 +82,7 @@ class ServerCore:
         self._own_pool = pool is None
         self._retire_legacy: Path | None = None
         self._state_loaded = False
-        self.sessions = SessionManager(reactor, self.store, self.raft.apply,
-                                       lambda: self.config.node_name)
+        self.sessions = SessionManager(reactor, self.store, self.raft.apply)
         self.leader = LeaderDuties(reactor, self.store, self.raft.apply,
                                    lambda: self.raft.applied_index, sessions=self.sessions,
                                    member=self._member_registration)

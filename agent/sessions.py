@@ -1,8 +1,7 @@
-"""The leader's side of sessions: creating them, TTL timers, renewals and lock-delays.
+"""The leader's side of sessions: TTL timers, renewals and lock-delays.
 
-`SessionManager` is what `facade.sessions` is. Every change goes through the log as a command
-(`SessionCreate`, `SessionDestroy`); what must not be replicated stays here, in memory, as on
-Consul's leader:
+Sessions are created and destroyed by the server endpoints (`Session.Apply`) through the log;
+what must not be replicated stays here, in memory, as on Consul's leader:
 
 - TTL timers. A session with a TTL is destroyed when TTL x 2 (Consul's grace) passes without a
   renewal. Timers run on the injected reactor; any TTL session in the store without a timer
@@ -20,16 +19,13 @@ that caused it); see `agent.state.sessions`.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable
 
 import txaio
 from twisted.internet.defer import Deferred, fail, succeed
 
 from agent import structs
-from agent.durations import go_duration
-from agent.errors import WaypostError
-from agent.fsm.commands import SessionCreate, SessionDestroy
+from agent.fsm.commands import SessionDestroy
 from agent.state.sessions import SESSIONS
 from agent.state.store import StateStore
 from agent.structs import Session
@@ -46,14 +42,10 @@ class SessionManager:
 
     log = txaio.make_logger()
 
-    def __init__(self, reactor, store: StateStore, write: Callable[[Any], Deferred],
-                 node_name: Callable[[], str],
-                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+    def __init__(self, reactor, store: StateStore, write: Callable[[Any], Deferred]) -> None:
         self._reactor = reactor
         self._store = store
         self._write = write
-        self._node_name = node_name
-        self._new_id = new_id
         self._timers: dict[str, Any] = {}  # session id -> IDelayedCall
         self.running = False
 
@@ -79,39 +71,7 @@ class SessionManager:
                 timer.cancel()
         self._timers.clear()
 
-    # --- the facade API ---
-
-    def create(self, name: str = "", node: str | None = None,
-               checks: tuple[str, ...] | list[str] | None = (structs.SERF_CHECK_ID,),
-               lock_delay: float = structs.DEFAULT_LOCK_DELAY,
-               behavior: str = structs.SESSION_RELEASE, ttl: float = 0.0,
-               service_checks: tuple[structs.ServiceCheck, ...] | None = None,
-               legacy_checks: tuple[str, ...] = ()) -> Deferred:
-        """Create a session; fires with its ID, fails with `WaypostError` (Consul's texts).
-
-        `checks` are its node checks (None: shown as null), `service_checks` its service
-        checks and `legacy_checks` the pre-1.7 "Checks", all kept as given (Consul keeps
-        duplicates too); the session goes when any of them turns critical."""
-        behavior = behavior or structs.SESSION_RELEASE
-        if behavior not in structs.SESSION_BEHAVIORS:
-            return fail(WaypostError(f"Invalid Behavior setting '{behavior}'"))
-        if ttl and not structs.SESSION_TTL_MIN <= ttl <= structs.SESSION_TTL_MAX:
-            return fail(WaypostError(
-                f"Invalid Session TTL '{round(ttl * 1e9)}', must be between "
-                f"[{go_duration(structs.SESSION_TTL_MIN)}={go_duration(structs.SESSION_TTL_MAX)}]"))
-        node = self._node_name() if node is None else node
-        if not node:
-            return fail(WaypostError("Must provide Node"))
-        session_id = self._new_id()
-        while session_id in self._store.sessions.sessions:
-            session_id = self._new_id()
-        # A negative lock-delay is kept to be shown as given, and counts as none.
-        session = Session(id=session_id, name=name, node=node,
-                          checks=None if checks is None else tuple(checks),
-                          lock_delay=lock_delay, behavior=behavior, ttl=ttl,
-                          service_checks=None if service_checks is None else
-                          tuple(service_checks), legacy_checks=tuple(legacy_checks))
-        return self._write(SessionCreate(session)).addCallback(lambda result: result.value)
+    # --- what the server endpoints ask ---
 
     def renew(self, session_id: str) -> Deferred:
         """Restart a session's TTL; fires with the session, or None when there is none."""
@@ -121,19 +81,6 @@ class SessionManager:
         if session.ttl > 0:
             self._arm(session)
         return succeed(session)
-
-    def destroy(self, session_id: str) -> Deferred:
-        """Destroy a session (releasing or deleting its keys); fires with True."""
-        return self._write(SessionDestroy(session_id)).addCallback(lambda _: True)
-
-    def info(self, session_id: str) -> Session | None:
-        return self._store.sessions.sessions.get(session_id)
-
-    def list(self) -> list[Session]:
-        return self._store.sessions.list()[1]
-
-    def node_sessions(self, node: str) -> list[Session]:
-        return self._store.sessions.node_sessions(node)[1]
 
     def expires_at(self, session_id: str) -> float | None:
         """When the session's TTL timer fires (reactor time), or None without a TTL."""

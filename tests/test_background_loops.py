@@ -282,11 +282,11 @@ def test_a_configured_watch_survives_an_answer_it_cannot_read():
 def test_a_session_ttl_invalidation_that_fails_is_retried():
     """The TTL timer of a session survives a write that raises: Consul's leader retries."""
     from agent.fsm.apply import FSM
-    from agent.fsm.commands import Register, SessionDestroy
+    from agent.fsm.commands import Register, SessionCreate, SessionDestroy
     from agent.raft.single import SingleServerLog
     from agent.sessions import INVALIDATE_RETRY, SessionManager
     from agent.state.store import StateStore
-    from agent.structs import Check, Node
+    from agent.structs import Check, Node, Session
 
     clock = task.Clock()
     store = StateStore()
@@ -299,11 +299,10 @@ def test_a_session_ttl_invalidation_that_fails_is_retried():
 
     def write(command):
         return destroys(command) if isinstance(command, SessionDestroy) else log.apply(command)
-    sessions = SessionManager(clock, store, write, lambda: "n1")
+    sessions = SessionManager(clock, store, write)
     sessions.start()
-    created = []
-    sessions.create(ttl=10.0).addCallback(created.append)
-    session_id = created[0]
+    session_id = "s1"
+    log.apply(SessionCreate(Session(id=session_id, node="n1", ttl=10.0)))
     with capturedLogs():
         clock.advance(20.0)  # TTL x 2: the first invalidation raises
         assert session_id in store.sessions.sessions

@@ -330,6 +330,13 @@ def test_ttl_key_is_held_by_its_own_session(agent):
                                                         "prevExist": "true"})
     assert status == 200 and body["action"] == "update"
     assert consul_kv(agent, "t/k")["ModifyIndex"] == entry["ModifyIndex"]
+    # A new TTL: a new session in the same entry as the write, the old one destroyed with it.
+    status, _, body = put(agent, "/t/k", "v2", ttl="60")
+    assert status == 200 and body["node"]["ttl"] == 60
+    changed = consul_kv(agent, "t/k")
+    held = [s for s in sessions(agent) if s["Name"].startswith("etcd-ttl /t/k")]
+    assert [s["ID"] for s in held] == [changed["Session"]] != [entry["Session"]]
+    assert held[0]["CreateIndex"] == changed["ModifyIndex"]  # one index: one command
     # A write without a TTL makes the key permanent: its session is released and destroyed.
     put(agent, "/t/k", "forever")
     assert "Session" not in consul_kv(agent, "t/k")
@@ -443,16 +450,10 @@ def test_a_watch_is_a_blocking_read_and_a_gone_client_cancels_it():
     waiting.addErrback(lambda failure: None)
 
 
-def test_ttl_deadlines_count_down_from_the_last_write_noted_here():
+def test_ttl_expirations_are_shown_from_the_seconds_the_leader_says_are_left():
     clock = task.Clock()
     clock.advance(1_000_000)
     expiries = Expiries(clock)
-    session = Session(id="s1", ttl=20.0, behavior="delete")
-    expiries.note("s1", 20.0)
-    clock.advance(15)
-    assert expiries.info(session) == (25, "1970-01-12T13:47:20Z")
-    assert expiries.info(Session(id="elsewhere", ttl=20.0))[0] == 40  # the longest it may live
-    clock.advance(30)  # past the noted deadline: renewed by someone else since
-    assert expiries.info(session)[0] == 40
-    expiries.forget("s1")
-    assert expiries.info(session)[0] == 40
+    assert expiries.info(25.0) == (25, "1970-01-12T13:47:05Z")
+    assert expiries.info(0.2) == (1, "1970-01-12T13:46:40.200000Z")
+    assert expiries.info(-3.0)[0] == 0

@@ -18,6 +18,8 @@ from agent.fsm.commands import (
     Register,
     SessionCreate,
     SessionDestroy,
+    SessionTxn,
+    SessionTxnResult,
     TombstoneReap,
     Txn,
 )
@@ -34,7 +36,7 @@ from agent.fsm.table import (
 from agent.leader import LeaderDuties, TombstoneGC
 from agent.raft.single import SingleServerLog
 from agent.rpc import queries as q
-from agent.rpc.options import QueryOptions
+from agent.rpc.options import QueryOptions, WriteRequest
 from agent.rpc.server import ServerEndpoints
 from agent.state.store import StateStore
 from agent.structs import Check, KVEntry, Node, Service, Session
@@ -50,6 +52,10 @@ EVERY_COMMAND = [
     SessionDestroy("s1"),
     Txn((KVOperation("set", KVEntry("a", b"1")), KVOperation("delete", KVEntry("b")))),
     TombstoneReap(17),
+    SessionTxn((KVOperation("check-index", KVEntry("k"), 4),
+                KVOperation("lock", KVEntry("k", b"v", session="s2"))),
+               create=Session(id="s2", node="n1", ttl=10.0, behavior="delete"),
+               destroy=("s1",)),
 ]
 
 
@@ -57,7 +63,7 @@ def test_the_type_numbers_never_change():
     # Append-only: logs and snapshots on disk hold these numbers.
     assert {n: spec.cls.__name__ for n, spec in COMMANDS.by_number.items()} == {
         1: "Register", 2: "Deregister", 3: "KVOperation", 4: "SessionCreate",
-        5: "SessionDestroy", 6: "Txn", 7: "TombstoneReap"}
+        5: "SessionDestroy", 6: "Txn", 7: "TombstoneReap", 8: "SessionTxn"}
     assert all(not spec.ignorable for spec in COMMANDS.by_number.values())
 
 
@@ -105,11 +111,12 @@ def test_a_newer_or_damaged_entry_is_refused():
 def test_a_command_flagged_ignorable_is_skipped_by_a_server_that_lacks_it():
     class Newer:
         pass
+    number = max(COMMANDS.by_number) + 1
     newer = CommandTable.build([*COMMANDS.by_number.values(),
-                                CommandSpec(8, Newer, lambda c: {}, lambda d: Newer(),
+                                CommandSpec(number, Newer, lambda c: {}, lambda d: Newer(),
                                             lambda s, c, i: None, ignorable=True)])
     data = newer.encode(Newer())
-    assert json.loads(data)["t"] == 8 | IGNORE_UNKNOWN_FLAG
+    assert json.loads(data)["t"] == number | IGNORE_UNKNOWN_FLAG
     assert isinstance(newer.decode(data), Newer)
     assert COMMANDS.decode(data) is None  # an older server skips it
 
@@ -120,6 +127,71 @@ def test_a_failed_command_changes_nothing_but_the_index():
     result = fsm.apply(3, KVOperation("lock", KVEntry("k", b"v", session="nope")))
     assert isinstance(result, WaypostError)
     assert store.kv.entries == {} and store.index == 3
+
+
+def _node_store() -> tuple[StateStore, FSM]:
+    store = StateStore()
+    fsm = FSM(store)
+    fsm.apply(2, Register(node=Node("n1", "10.0.0.1")))
+    return store, fsm
+
+
+def test_a_session_txn_creates_locks_and_destroys_at_one_index():
+    store, fsm = _node_store()
+    fsm.apply(3, SessionCreate(Session(id="old", node="n1", behavior="delete", ttl=10.0,
+                                       checks=())))
+    fsm.apply(4, KVOperation("lock", KVEntry("k", b"v1", session="old")))
+    result = fsm.apply(5, SessionTxn(
+        (KVOperation("check-index", KVEntry("k"), 4),
+         KVOperation("unlock", KVEntry("k", b"v2", session="old")),
+         KVOperation("lock", KVEntry("k", b"v2", session="new"))),
+        create=Session(id="new", node="n1", behavior="delete", ttl=10.0, checks=()),
+        destroy=("old",)))
+    assert result == SessionTxnResult("new", result.outcome) and result.outcome.ok
+    entry = store.kv.lookup("k")
+    assert (entry.value, entry.session, entry.modify_index) == (b"v2", "new", 5)
+    assert set(store.sessions.sessions) == {"new"}  # the old one held nothing: nothing deleted
+    assert store.sessions.index == 5 and store.index == 5
+
+
+def test_a_failed_session_txn_leaves_no_session_behind():
+    store, fsm = _node_store()
+    fsm.apply(3, KVOperation("set", KVEntry("k", b"v")))
+    before = (dict(store.kv.entries), store.sessions.index)
+    result = fsm.apply(4, SessionTxn(
+        (KVOperation("check-not-exists", KVEntry("k")),
+         KVOperation("lock", KVEntry("k", b"x", session="new"))),
+        create=Session(id="new", node="n1", behavior="delete", ttl=10.0, checks=())))
+    assert not result.outcome.ok and result.session == ""
+    assert store.sessions.sessions == {}
+    assert (dict(store.kv.entries), store.sessions.index) == before
+    # A session that cannot be created (unknown node) fails the whole entry.
+    failed = fsm.apply(5, SessionTxn((KVOperation("set", KVEntry("j", b"x")),),
+                                     create=Session(id="s", node="ghost", checks=())))
+    assert isinstance(failed, WaypostError) and store.kv.lookup("j") is None
+
+
+def test_the_leader_fills_in_the_session_a_txn_creates_and_answers_its_timer():
+    from tests.coreutil import Core
+    from agent.sessions import SessionManager
+    core = Core()
+    core.apply(Register(node=Node("n0", "10.0.0.1")))
+    timers = SessionManager(core.clock, core.store, core.log.apply)
+    timers.start()
+    core.endpoints._session_timers = timers
+    ids = iter(["s-1"])
+    core.endpoints._new_id = lambda: next(ids)
+    done = []
+    command = SessionTxn((KVOperation("lock", KVEntry("k", b"v")),), create=Session(
+        id="", node="n0", behavior="delete", ttl=20.0, checks=()))
+    core.endpoints.write(command, WriteRequest()).addBoth(done.append)
+    assert done[0].value.session == "s-1" and core.store.kv.lookup("k").session == "s-1"
+    core.clock.advance(15)
+    left = core.endpoints.read(q.SessionExpiries(("s-1", "none")), QueryOptions())
+    assert left.value == {"s-1": 25.0}  # TTL x 2 from its creation, as the timer says
+    core.log.leader = False
+    with pytest.raises(Exception, match="No cluster leader"):
+        core.endpoints.read(q.SessionExpiries(("s-1",)), QueryOptions())
 
 
 # --- tombstones -------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ import threading
 
 import consul
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from agent import structs
 from agent.errors import WaypostError
-from agent.facade import AgentFacade
+from agent.facade import AgentFacade, QueryOptions, queries
 from agent.fsm.apply import FSM
 from agent.fsm.commands import (
     Deregister,
@@ -43,8 +44,7 @@ class Core:
         self.log = SingleServerLog(self.clock, self.fsm)
         self.log.start()
         ids = iter(f"s{i}" for i in range(1, 1000))
-        self.sessions = SessionManager(self.clock, self.store, self.log.apply, lambda: "n1",
-                                       new_id=lambda: next(ids))
+        self.sessions = SessionManager(self.clock, self.store, self.log.apply)
         self.endpoints = ServerEndpoints(self.clock, self.store, self.log,
                                          datacenter=lambda: "dc1",
                                          lock_delay_remaining=self.sessions.lock_delay_remaining,
@@ -71,6 +71,20 @@ class Core:
         """Session.Apply create through the endpoints, as the HTTP API does."""
         session = Session(id="", node=node, checks=checks, **kw)
         return self.result(self.facade.write(SessionCreate(session))).value
+
+    def info(self, session_id: str) -> Session | None:
+        found = self.facade.read(queries.SessionGet(session_id), QueryOptions()).value
+        return found[0] if found else None
+
+    def list(self) -> list[Session]:
+        return self.facade.read(queries.SessionList(), QueryOptions()).value
+
+    def node_sessions(self, node: str) -> list[Session]:
+        return self.facade.read(queries.SessionNode(node), QueryOptions()).value
+
+    def destroy(self, session_id: str) -> Deferred:
+        """Session.Apply destroy; fires with True, as Consul answers."""
+        return self.facade.write(SessionDestroy(session_id)).addCallback(lambda _: True)
 
     def lock(self, key: str, session: str, value: bytes = b"v"):
         return self.result(self.facade.write(
@@ -121,12 +135,12 @@ def test_lock_with_unknown_or_missing_session_fails():
 def test_create_defaults_and_validation():
     core = Core()
     sid = core.create(name="web-lock")
-    session = core.sessions.info(sid)
+    session = core.info(sid)
     assert session == Session(id=sid, name="web-lock", node="n1", checks=("serfHealth",),
                               lock_delay=15.0, behavior="release", ttl=0.0,
                               create_index=session.create_index,
                               modify_index=session.create_index)
-    assert [s.id for s in core.sessions.node_sessions("n1")] == [sid]
+    assert [s.id for s in core.node_sessions("n1")] == [sid]
     with pytest.raises(WaypostError, match="Invalid Behavior setting 'sometimes'"):
         core.create(behavior="sometimes")
     with pytest.raises(WaypostError) as err:
@@ -139,7 +153,7 @@ def test_create_defaults_and_validation():
     core.register(Check(node="n1", check_id="db", name="db", status=structs.CRITICAL))
     with pytest.raises(WaypostError, match="Check 'db' is in critical state"):
         core.create(checks=("serfHealth", "db"))
-    assert len(core.sessions.list()) == 1
+    assert len(core.list()) == 1
 
 
 # --- TTL timers --------------------------------------------------------------------------------
@@ -150,9 +164,9 @@ def test_ttl_expiry_after_twice_the_ttl_releases_keys():
     sid = core.create(ttl=10.0)
     core.lock("app/leader", sid)
     core.clock.advance(19.9)
-    assert core.sessions.info(sid) is not None
+    assert core.info(sid) is not None
     core.clock.advance(0.1)
-    assert core.sessions.info(sid) is None
+    assert core.info(sid) is None
     entry = core.entry("app/leader")
     assert (entry.session, entry.lock_index, entry.value) == ("", 1, b"v")
     assert entry.modify_index == core.store.index > entry.create_index
@@ -174,20 +188,20 @@ def test_renew_extends_and_unknown_renew_is_none():
     core.clock.advance(15)
     assert core.result(core.sessions.renew(sid)).id == sid
     core.clock.advance(15)
-    assert core.sessions.info(sid) is not None
+    assert core.info(sid) is not None
     core.clock.advance(5)
-    assert core.sessions.info(sid) is None
+    assert core.info(sid) is None
     assert core.result(core.sessions.renew(sid)) is None
 
 
 def test_destroy_drops_the_timer_and_no_ttl_never_expires():
     core = Core()
     sid, forever = core.create(ttl=10.0), core.create()
-    assert core.result(core.sessions.destroy(sid)) is True
+    assert core.result(core.destroy(sid)) is True
     assert core.clock.getDelayedCalls() == []
     core.clock.advance(100000)
-    assert [s.id for s in core.sessions.list()] == [forever]
-    assert core.result(core.sessions.destroy("missing")) is True
+    assert [s.id for s in core.list()] == [forever]
+    assert core.result(core.destroy("missing")) is True
 
 
 # --- invalidation by the catalog ---------------------------------------------------------------
@@ -200,7 +214,7 @@ def test_linked_check_turning_critical_invalidates():
     other = core.create()
     core.lock("a", linked)
     core.register(Check(node="n1", check_id="disk", name="disk", status=structs.CRITICAL))
-    assert core.sessions.info(linked) is None and core.sessions.info(other) is not None
+    assert core.info(linked) is None and core.info(other) is not None
     assert core.entry("a").session == ""
 
 
@@ -209,11 +223,11 @@ def test_check_or_node_deregistration_invalidates():
     core.register(Check(node="n1", check_id="disk", name="disk", status=structs.PASSING))
     on_disk = core.create(checks=("disk",))
     core.log.apply(Deregister(node="n1", check_id="disk"))
-    assert core.sessions.info(on_disk) is None
+    assert core.info(on_disk) is None
     a, b = core.create(ttl=30.0), core.create(checks=())
     core.lock("x", a)
     core.log.apply(Deregister(node="n1"))
-    assert core.sessions.list() == [] and core.entry("x").session == ""
+    assert core.list() == [] and core.entry("x").session == ""
     assert core.clock.getDelayedCalls() == []  # the TTL timer went with the session
     assert b not in core.store.sessions.sessions
 
@@ -227,17 +241,17 @@ def test_service_and_legacy_checks_are_kept_apart_and_each_invalidates():
     by_service = core.create(service_checks=(ServiceCheck("web-chk"),))
     by_legacy = core.create(checks=(), legacy_checks=("disk",))
     plain = core.create()
-    session = core.sessions.info(by_service)
+    session = core.info(by_service)
     assert (session.checks, session.service_checks) == (("serfHealth",), (ServiceCheck("web-chk"),))
     assert session.check_ids() == ("serfHealth", "web-chk")
     with pytest.raises(WaypostError, match="Missing check 'gone' registration"):
         core.create(service_checks=(ServiceCheck("gone"),))
     core.register(Check(node="n1", check_id="web-chk", name="web", status=structs.CRITICAL,
                         service_id="web"), service=Service(node="n1", id="web", name="web"))
-    assert core.sessions.info(by_service) is None
-    assert core.sessions.info(by_legacy) is not None and core.sessions.info(plain) is not None
+    assert core.info(by_service) is None
+    assert core.info(by_legacy) is not None and core.info(plain) is not None
     core.register(Check(node="n1", check_id="disk", name="disk", status=structs.CRITICAL))
-    assert core.sessions.info(by_legacy) is None and core.sessions.info(plain) is not None
+    assert core.info(by_legacy) is None and core.info(plain) is not None
 
 
 def test_session_rows_round_trip_and_old_rows_still_read():
@@ -262,7 +276,7 @@ def test_lock_delay_blocks_reacquire_until_it_passes():
     core = Core()
     a, b = core.create(lock_delay=15.0), core.create()
     core.lock("k", a)
-    core.result(core.sessions.destroy(a))
+    core.result(core.destroy(a))
     assert core.lock("k", b) is False
     core.clock.advance(14.9)
     assert core.lock("k", b) is False
@@ -275,15 +289,15 @@ def test_release_before_destroy_leaves_no_lock_delay_and_delay_is_capped():
     a, b = core.create(), core.create()
     core.lock("k", a)
     core.unlock("k", a)
-    core.result(core.sessions.destroy(a))
+    core.result(core.destroy(a))
     assert core.lock("k", b) is True
     long = core.create(lock_delay=600.0)
     core.lock("k2", long)
-    core.result(core.sessions.destroy(long))
+    core.result(core.destroy(long))
     assert core.sessions.lock_delay_remaining("k2") == pytest.approx(60.0)
     none = core.create(lock_delay=0.0)
     core.lock("k3", none)
-    core.result(core.sessions.destroy(none))
+    core.result(core.destroy(none))
     assert core.lock("k3", b) is True
 
 
@@ -297,7 +311,7 @@ def test_every_replica_records_the_lock_delay_when_it_applies_the_release():
     follower_clock.advance(100.0)
     follower = FSM(StateStore(), clock=follower_clock.seconds)
     entries = core.log._store.entries(1, core.log.last_index)
-    core.result(core.sessions.destroy(a))
+    core.result(core.destroy(a))
     entries += core.log._store.entries(entries[-1].index + 1, core.log.last_index)
     for entry in entries:
         if entry.kind == 0:

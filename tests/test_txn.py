@@ -90,7 +90,7 @@ def test_lock_delay_refuses_a_transaction_lock_before_the_log():
     core = Core()
     a, b = core.create(), core.create()
     core.lock("k", a)
-    core.result(core.sessions.destroy(a))
+    core.result(core.destroy(a))
     index = core.store.index
     outcome = core.result(core.facade.write(Txn((op("set", "y", b"1"),
                                                  op("lock", "k", session=b))))).value

@@ -68,8 +68,29 @@ class TombstoneReap:
     reap_index: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTxn:
+    """Create a session, run a KV transaction and destroy sessions, all at one index, all or
+    nothing: what an etcd key with a TTL needs (its own session, taken in the same entry that
+    writes the key, and the previous one let go), so no crash can leave a session holding
+    nothing or a key without its session. Waypost's own command (Consul has no such entry)."""
+    ops: tuple[KVOperation, ...]
+    # Its ID is chosen by the leader before the entry is written; a "lock" op sent with an
+    # empty session takes this one (the leader fills the ID in).
+    create: Session | None = None
+    destroy: tuple[str, ...] = ()  # destroyed after the transaction succeeded
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTxnResult:
+    """What a `SessionTxn` did: the session it created ("" if none) and the transaction's
+    outcome (a failed one changed nothing, the session included)."""
+    session: str
+    outcome: Any
+
+
 Command = (Register | Deregister | KVOperation | SessionCreate | SessionDestroy | Txn
-           | TombstoneReap)
+           | TombstoneReap | SessionTxn)
 
 
 def encode_register(c: Register) -> dict[str, Any]:
@@ -137,3 +158,19 @@ def decode_reap(d: dict[str, Any]) -> TombstoneReap:
         raise ValueError(f"reap_index {index!r} is not an index")
     return TombstoneReap(reap_index=index)
 
+
+
+def encode_session_txn(c: SessionTxn) -> dict[str, Any]:
+    return {"ops": [encode_kv(op) for op in c.ops],
+            "create": None if c.create is None else codec.encode_session(c.create),
+            "destroy": list(c.destroy)}
+
+
+def decode_session_txn(d: dict[str, Any]) -> SessionTxn:
+    create = d.get("create")
+    destroy = d.get("destroy", ())
+    if not all(isinstance(x, str) for x in destroy):
+        raise ValueError("destroy must list session IDs")
+    return SessionTxn(ops=tuple(decode_kv(op) for op in d.get("ops", ())),
+                      create=None if create is None else codec.decode_session(create),
+                      destroy=tuple(destroy))

@@ -16,6 +16,8 @@ from agent.fsm.commands import (
     Register,
     SessionCreate,
     SessionDestroy,
+    SessionTxn,
+    SessionTxnResult,
     TombstoneReap,
     Txn,
 )
@@ -103,6 +105,23 @@ def session_destroy(store: StateStore, c: SessionDestroy, index: int) -> bool:
 def txn(store: StateStore, c: Txn, index: int) -> TxnOutcome:
     # A failed transaction changed nothing: its outcome carries the errors.
     return run_txn(store, c.ops, index)
+
+
+def session_txn(store: StateStore, c: SessionTxn, index: int) -> SessionTxnResult:
+    created = ""
+    table_index = store.sessions.index
+    if c.create is not None:
+        created = create_session(store, c.create, index)  # raises, changing nothing
+    outcome = run_txn(store, c.ops, index)
+    if not outcome.ok:
+        if created:
+            # The session never held anything: take it back as if it had not been created.
+            store.sessions.remove(created, index)
+            store.sessions.index = table_index
+        return SessionTxnResult("", outcome)
+    for session_id in c.destroy:
+        destroy_session(store, session_id, index)
+    return SessionTxnResult(created, outcome)
 
 
 def tombstone_reap(store: StateStore, c: TombstoneReap, index: int) -> int:

@@ -122,6 +122,7 @@ COMMANDS = CommandTable.build([
                 h.session_destroy),
     CommandSpec(6, c.Txn, c.encode_txn, c.decode_txn, h.txn),
     CommandSpec(7, c.TombstoneReap, c.encode_reap, c.decode_reap, h.tombstone_reap),
+    CommandSpec(8, c.SessionTxn, c.encode_session_txn, c.decode_session_txn, h.session_txn),
 ])
 
 

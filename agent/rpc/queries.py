@@ -200,6 +200,16 @@ class SessionNode:
     node: str
 
 
+@dataclass(frozen=True, slots=True)
+class SessionExpiries:
+    """How long each TTL session of `ids` has left, as the leader's timers say:
+    dict[id, seconds] (sessions without a TTL timer are absent). Waypost's own read: the etcd
+    API shows a TTL'd key's expiration from it. Answered by the leader only."""
+
+    ENDPOINT = "Session.Expiries"
+    ids: tuple[str, ...]
+
+
 # --- this agent (answered by the agent itself, never forwarded) ------------------------------
 
 

@@ -21,7 +21,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from agent import structs
 from agent.durations import go_duration
 from agent.errors import InvalidRequest, NoLeader, UnknownDatacenter, WaypostError
-from agent.fsm.commands import Deregister, KVOperation, Register, SessionCreate, SessionDestroy, Txn
+from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
+                                SessionTxn, SessionTxnResult, Txn)
 from agent.rpc import queries as q
 from agent.rpc.blocking import BlockingReads
 from agent.rpc.filtering import Filtering
@@ -38,6 +39,7 @@ from agent.rpc.options import (
 from agent.rpc.reads import READS
 from agent.rpc.requests import SessionRenew
 from agent.state.txn import WRITE_VERBS, precheck, run_txn
+from agent.structs import Session
 
 # What Consul reports as the effective consistency of each mode.
 _EFFECTIVE = {DEFAULT: "leader", STALE: "stale", CONSISTENT: "consistent"}
@@ -103,6 +105,8 @@ class ServerEndpoints:
         self._check_datacenter(options.datacenter)
         if isinstance(query, q.CatalogDatacenters):
             return ReadResult([self._datacenter()], QueryMeta(index=0))
+        if isinstance(query, q.SessionExpiries):
+            return self._session_expiries(query)
         spec = READS[type(query)]
         self._filtering.check(query, options.filter)  # a bad expression is a 400, at once
         mode = options.consistency
@@ -119,6 +123,18 @@ class ServerEndpoints:
             # Forwarding to the leader arrives with the server RPC; until then there is none.
             raise NoLeader()
         return self._blocking_read(spec, query, options)
+
+    def _session_expiries(self, query: q.SessionExpiries) -> ReadResult:
+        # Timers live in the leader's memory only; a follower forwards (with the server RPC).
+        if not self._log.is_leader or self._session_timers is None:
+            raise NoLeader()
+        now = self._reactor.seconds()
+        left = {}
+        for session_id in query.ids:
+            deadline = self._session_timers.expires_at(session_id)
+            if deadline is not None:
+                left[session_id] = max(0.0, deadline - now)
+        return ReadResult(left, QueryMeta(index=self._store.index, known_leader=True))
 
     def _blocking_read(self, spec, query, options: QueryOptions) -> ReadResult | Deferred:
         return self._blocking.read(lambda: self._answer(spec, query, options), options,
@@ -187,7 +203,10 @@ class ServerEndpoints:
         return self._apply(command)
 
     def _session_create(self, command: SessionCreate) -> Deferred:  # Session.Apply create
-        session = command.session
+        return self._apply(SessionCreate(self._new_session(command.session)))
+
+    def _new_session(self, session: Session) -> Session:
+        """`session` with a fresh ID, after the leader's rules (Consul's texts)."""
         behavior = session.behavior or structs.SESSION_RELEASE
         if behavior not in structs.SESSION_BEHAVIORS:
             raise WaypostError(f"Invalid Behavior setting '{behavior}'")
@@ -201,7 +220,21 @@ class ServerEndpoints:
         session_id = self._new_id()
         while session_id in self._store.sessions.sessions:
             session_id = self._new_id()
-        return self._apply(SessionCreate(replace(session, id=session_id, behavior=behavior)))
+        return replace(session, id=session_id, behavior=behavior)
+
+    def _session_txn(self, command: SessionTxn) -> Deferred:  # Waypost's etcd TTL writes
+        errors = precheck(command.ops, lambda key: self._lock_delay_remaining(key) > 0)
+        if errors:
+            return succeed(WriteResult(self._store.index, SessionTxnResult(
+                "", structs.TxnOutcome(errors=errors))))
+        if command.create is not None:
+            # The entry carries the ID chosen here, in the session and in every lock of it.
+            session = self._new_session(command.create)
+            ops = tuple(replace(op, entry=replace(op.entry, session=session.id))
+                        if op.op == "lock" and not op.entry.session else op
+                        for op in command.ops)
+            command = replace(command, ops=ops, create=session)
+        return self._apply(command)
 
     def _session_destroy(self, command: SessionDestroy) -> Deferred:  # Session.Apply destroy
         return self._apply(command)
@@ -220,6 +253,7 @@ class ServerEndpoints:
         KVOperation: _kvs_apply,
         Txn: _txn_apply,
         SessionCreate: _session_create,
+        SessionTxn: _session_txn,
         SessionDestroy: _session_destroy,
         SessionRenew: _session_renew,
     }

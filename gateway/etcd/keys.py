@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from agent.errors import WaypostError
-from agent.facade import CONSISTENT, KVOperation, QueryOptions, WriteResult
+from agent.facade import CONSISTENT, KVOperation, QueryOptions
 from agent.structs import KVEntry
 from gateway.etcd.reads import Expiries, Reader, Snapshot
 from gateway.etcd.tree import clean_key, etcd_key, kv_key, shown
@@ -233,17 +233,15 @@ class _Request:
     @inlineCallbacks
     def _delete(self, snapshot: Snapshot, op: KVOperation, action: str, key: str,
                 gone: list[KVEntry], prev_node: dict[str, Any]):
-        done: WriteResult = yield self.facade.write(op)
-        if done.value is False:
+        index, applied = yield self.ttl.delete(snapshot, op, gone)
+        if not applied:
             raise EtcdError(101, f"[{key} changed concurrently]")
         node: dict[str, Any] = {"key": key}
         if prev_node.get("dir"):
             node["dir"] = True
-        node["modifiedIndex"] = done.index
+        node["modifiedIndex"] = index
         node["createdIndex"] = prev_node.get("createdIndex", 0)
-        yield self.ttl.forget(snapshot, [e for e in gone if e.session])
-        return self.answer(200, {"action": action, "node": node, "prevNode": prev_node},
-                           done.index)
+        return self.answer(200, {"action": action, "node": node, "prevNode": prev_node}, index)
 
 
 def _compare(entry: KVEntry, prev_value: bytes | None, prev_index: int | None) -> None:

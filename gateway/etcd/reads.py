@@ -15,14 +15,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 
+from agent.errors import NoLeader
 from agent.facade import QueryOptions, ReadResult, Session, queries
 from agent.structs import SESSION_DELETE, SESSION_TTL_MULTIPLIER, KVEntry
 from gateway.etcd.tree import Rows, Tree, parents
 
-__all__ = ["Expiries", "Reader", "Snapshot", "read"]
-
-_PRUNE_AT = 1024
-
+__all__ = ["Expiries", "Reader", "Snapshot", "is_ttl_session", "read"]
 
 def read(facade, query: Any, options: QueryOptions) -> Deferred:
     """``facade.read`` as a Deferred (it fires at once when the core answered at once)."""
@@ -30,47 +28,30 @@ def read(facade, query: Any, options: QueryOptions) -> Deferred:
 
 
 class Expiries:
-    """When the TTL sessions of etcd keys expire, in reactor time, as far as this frontend
-    knows: it notes each session it creates or renews.
-
-    The leader's session timers are the truth, and no read hands their deadline out yet (a
-    follow-up for the read seam), so a session renewed elsewhere (Consul's API, another agent)
-    or not noted here shows the longest it may still live: TTL x 2 from now.
-    """
+    """Turns the seconds a TTL session has left into what etcd shows: whole seconds and an
+    RFC 3339 expiration, on the injected reactor's clock."""
 
     def __init__(self, reactor) -> None:
         self._reactor = reactor
-        self._deadlines: dict[str, float] = {}
 
-    def note(self, session_id: str, ttl: float) -> None:
-        """``session_id`` (of ``ttl`` seconds) was created or renewed just now."""
-        now = self._reactor.seconds()
-        if len(self._deadlines) >= _PRUNE_AT:
-            self._deadlines = {s: t for s, t in self._deadlines.items() if t > now}
-        self._deadlines[session_id] = now + ttl * SESSION_TTL_MULTIPLIER
-
-    def forget(self, session_id: str) -> None:
-        self._deadlines.pop(session_id, None)
-
-    def info(self, session: Session) -> tuple[int, str]:
-        """(whole seconds left, RFC 3339 expiration) of a key held by ``session``."""
-        now = self._reactor.seconds()
-        deadline = self._deadlines.get(session.id)
-        if deadline is None or deadline < now:  # renewed elsewhere, or never seen here
-            deadline = now + session.ttl * SESSION_TTL_MULTIPLIER
+    def info(self, seconds_left: float) -> tuple[int, str]:
+        """(whole seconds left, RFC 3339 expiration)."""
+        deadline = self._reactor.seconds() + max(0.0, seconds_left)
         stamp = datetime.fromtimestamp(deadline, timezone.utc).isoformat()
-        return max(0, math.ceil(deadline - now)), stamp.replace("+00:00", "Z")
+        return max(0, math.ceil(seconds_left)), stamp.replace("+00:00", "Z")
 
 
 @dataclass
 class Snapshot:
-    """The rows a request read, the sessions holding any of them, and the index of the prefix
-    read (what a blocking read of it waits past)."""
+    """The rows a request read, the sessions holding any of them, how long the TTL ones have
+    left (the leader's timers), and the index of the prefix read (what a blocking read of it
+    waits past)."""
 
     rows: Rows
     sessions: dict[str, Session]
     index: int
     expiries: Expiries
+    left: dict[str, float] = field(default_factory=dict)
     tree: Tree = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +60,22 @@ class Snapshot:
     def ttl_info(self, entry: KVEntry) -> tuple[int, str] | None:
         """(seconds left, expiration) of a key its session will delete, else None."""
         session = self.sessions.get(entry.session)
-        if session is None or session.ttl <= 0 or session.behavior != SESSION_DELETE:
+        if not is_ttl_session(session):
             return None
-        return self.expiries.info(session)
+        # No timer known (a follower answering, or the leader restarted it just now): the
+        # longest the session may still live.
+        return self.expiries.info(self.left.get(session.id,
+                                                session.ttl * SESSION_TTL_MULTIPLIER))
+
+    def track(self, session: Session, seconds_left: float) -> None:
+        """A session this request created or renewed: it has `seconds_left`."""
+        self.sessions[session.id] = session
+        self.left[session.id] = seconds_left
+
+
+def is_ttl_session(session: Session | None) -> bool:
+    """Whether `session` deletes what it holds when its TTL runs out (an etcd TTL)."""
+    return session is not None and session.ttl > 0 and session.behavior == SESSION_DELETE
 
 
 class Reader:
@@ -118,7 +112,26 @@ class Reader:
         if tombstones:
             deleted = (yield self.read(queries.KVTombstones(kv))).value
         sessions: dict[str, Session] = {}
+        left: dict[str, float] = {}
         if any(entry.session for entry in entries):
             listing: ReadResult = yield self.read(queries.SessionList())
             sessions = {session.id: session for session in listing.value}
-        return Snapshot(Rows(entries, deleted), sessions, listed.index, self.expiries)
+            held = tuple(sorted({e.session for e in entries
+                                 if is_ttl_session(sessions.get(e.session))}))
+            if held:
+                left = yield self._seconds_left(held)
+        return Snapshot(Rows(entries, deleted), sessions, listed.index, self.expiries, left)
+
+    def _seconds_left(self, ids: tuple[str, ...]) -> Deferred:
+        """What the leader's timers say of `ids`; {} when no leader answers (then each key
+        shows the longest its session may live)."""
+        d = self.read(queries.SessionExpiries(ids), QueryOptions(
+            datacenter=self.options.datacenter, token=self.options.token))
+        d.addCallback(lambda result: result.value)
+        d.addErrback(_no_timers)
+        return d
+
+
+def _no_timers(failure) -> dict[str, float]:
+    failure.trap(NoLeader)
+    return {}

@@ -1,4 +1,4 @@
-"""etcd key TTLs as Consul sessions, and every etcd write as one KV transaction.
+"""etcd key TTLs as Consul sessions, and every etcd write as one atomic command.
 
 Owns: how a ``ttl=N`` key is kept. Each such key is held by its own session: Behavior=delete,
 TTL N/2, no checks, no lock-delay, named ``etcd-ttl /key``. The leader destroys a TTL session
@@ -6,19 +6,16 @@ when 2 x TTL (Consul's grace) passes without a renewal, and destroying it delete
 the key goes N seconds after its last write or refresh, as in etcd. Consul's session limits
 (TTL 10 s to 24 h) make the accepted etcd range 20 to 172800 seconds.
 
-A write runs as one transaction: its condition (``check-index`` or ``check-not-exists``), then
-letting go of the key's old etcd session (``unlock``, which writes the value) and taking the new
-one (``lock``), or a plain ``set``. Nothing is half-applied: a failed condition or a lock held by
-somebody else changes nothing, and the new session is destroyed again. A write without a TTL
-makes the key permanent (etcd's rule), so the old session is released and then destroyed.
+A write is ONE log entry (`SessionTxn`): its condition (``check-index`` or
+``check-not-exists``), letting go of the key's old etcd session (``unlock``, which writes the
+value) and taking a new one (``lock`` by the session the same entry creates), or a plain
+``set``, and destroying the old session, which then holds nothing. Nothing is half-applied and
+no crash can leave a session behind: a failed condition or a lock held by somebody else changes
+nothing, the new session included. A write without a TTL makes the key permanent (etcd's rule).
+A delete destroys the deleted keys' sessions in the same entry.
 
-Follow-up (the FSM's area): creating the session and writing the key are two commands, so a
-crash between them leaves a session that holds nothing until its TTL runs out; a TTL'd etcd
-key should be ONE atomic command (session and transaction at one index).
-
-Everything goes through ``facade.write`` (`SessionCreate`, `SessionDestroy`, `SessionRenew`,
-`Txn`); what a write answers (its index, the transaction's resulting entries) is what the
-etcd answer shows.
+What a write answers (its index, the transaction's resulting entries) is what the etcd answer
+shows; how long a TTL key has left comes from the leader's timers (``SessionExpiries``).
 """
 
 from __future__ import annotations
@@ -27,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 
-from agent.facade import (KVOperation, Session, SessionCreate, SessionDestroy, SessionRenew,
-                          Txn, WriteResult, queries)
+from agent.facade import (KVOperation, Session, SessionRenew, SessionTxn, SessionTxnResult,
+                          WriteResult, queries)
 from agent.structs import (SESSION_DELETE, SESSION_TTL_MAX, SESSION_TTL_MIN,
                            SESSION_TTL_MULTIPLIER, KVEntry)
 from gateway.etcd.reads import Reader, Snapshot
@@ -50,7 +47,6 @@ class TTLKeys:
     def __init__(self, reader: Reader, error: Callable[[int, str], Exception]) -> None:
         self.reader = reader
         self.facade = reader.facade
-        self.expiries = reader.expiries
         self.error = error  # builds the etcd error to raise (code, cause)
 
     # --- reading ---
@@ -88,32 +84,24 @@ class TTLKeys:
             ops.append(KVOperation("unlock", replace(new, session=old.id)))
         created = None
         if ttl:
-            created = yield self._create(snapshot, new.key, ttl)
-            ops.append(KVOperation("lock", replace(new, session=created)))
+            created = Session(id="", name=SESSION_PREFIX + "/" + new.key.rstrip("/"),
+                              node=self.facade.config.node_name, checks=(), lock_delay=0.0,
+                              behavior=SESSION_DELETE, ttl=ttl / GRACE)
+            ops.append(KVOperation("lock", replace(new, session="")))  # the one created here
         elif old is None:
             ops.append(KVOperation("set", new))
-        done: WriteResult = yield self.facade.write(Txn(tuple(ops)))
-        outcome = done.value
+        command = SessionTxn(tuple(ops), create=created,
+                             destroy=() if old is None else (old.id,))
+        done: WriteResult = yield self.facade.write(command)
+        result: SessionTxnResult = done.value
+        outcome = result.outcome
         if not outcome.ok:
-            if created is not None:
-                yield self.destroy(created)
             error = yield self._txn_error(new, ops, outcome)
             raise error
-        if old is not None:
-            yield self.destroy(old.id)  # it holds nothing now: nothing is deleted
+        if created is not None:
+            snapshot.track(replace(created, id=result.session), float(ttl))
         # The transaction's last result is the key as it now is (indexes, session).
         return done.index, replace(outcome.results[-1], value=new.value)
-
-    @inlineCallbacks
-    def _create(self, snapshot: Snapshot, key: str, ttl: int):
-        session = Session(id="", name=SESSION_PREFIX + "/" + key.rstrip("/"),
-                          node=self.facade.config.node_name, checks=(), lock_delay=0.0,
-                          behavior=SESSION_DELETE, ttl=ttl / GRACE)
-        done: WriteResult = yield self.facade.write(SessionCreate(session))
-        session_id = done.value
-        snapshot.sessions[session_id] = replace(session, id=session_id)
-        self.expiries.note(session_id, session.ttl)
-        return session_id
 
     @inlineCallbacks
     def _txn_error(self, new: KVEntry, ops: list[KVOperation], outcome: Any):
@@ -139,24 +127,19 @@ class TTLKeys:
         if session is not None and session.ttl * GRACE == ttl:
             def renewed(done: WriteResult) -> tuple[int, KVEntry]:
                 if done.value is not None:
-                    self.expiries.note(session.id, session.ttl)
+                    snapshot.track(session, float(ttl))
                 return done.index, entry
             return self.facade.write(SessionRenew(session.id)).addCallback(renewed)
         return self.write(snapshot, replace(entry, session=""), entry, ttl, INDEX,
                           entry.modify_index)
 
-    def forget(self, snapshot: Snapshot, entries: list[KVEntry]) -> Deferred:
-        """Destroy the etcd sessions of deleted keys (they would only expire later)."""
-        ids = {s.id for s in (self.session_of(snapshot, e) for e in entries) if s is not None}
+    def delete(self, snapshot: Snapshot, op: KVOperation, gone: list[KVEntry]) -> Deferred:
+        """Apply the delete ``op`` and destroy the etcd sessions of the ``gone`` keys in the
+        same entry; fires with (index, whether the delete's condition held)."""
+        ids = tuple(sorted({s.id for s in (self.session_of(snapshot, e) for e in gone)
+                            if s is not None}))
         if not ids:
-            return succeed(None)
-        return self._destroy_all(sorted(ids))
-
-    @inlineCallbacks
-    def _destroy_all(self, ids: list[str]):
-        for session_id in ids:
-            yield self.destroy(session_id)
-
-    def destroy(self, session_id: str) -> Deferred:
-        self.expiries.forget(session_id)
-        return self.facade.write(SessionDestroy(session_id))
+            return self.facade.write(op).addCallback(
+                lambda done: (done.index, done.value is not False))
+        return self.facade.write(SessionTxn((op,), destroy=ids)).addCallback(
+            lambda done: (done.index, done.value.outcome.ok))
