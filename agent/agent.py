@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 import txaio
 from twisted.application.service import MultiService
@@ -22,12 +23,23 @@ from twisted.python.threadpool import ThreadPool
 from agent import structs
 from agent.config.model import VERSION, AgentConfig
 from agent.errors import InvalidRequest
+from agent.events import UserEvents
+from agent.exec import RemoteExec
 from agent.facade import CATALOG_TABLES, STALE, AgentFacade, Member, QueryOptions, queries
 from agent.local.catalog import InProcessCatalog
 from agent.local.compose import build_local, check_update_interval_of
 from agent.local.persist import LocalPersistence, Saved
 from agent.local.state import CONFIG
+from agent.gossip.control import GossipControl
+from agent.gossip.lan import LanGossip
+from agent.gossip.wan import Datacenters, WanGossip
+from agent.gossip.network import host_of
+from agent.gossip.serf.consul_tags import waypost_server_port
+from agent.gossip.serf.events import MemberStatus
 from agent.loops import LoopSet, ResilientLoop
+from agent.membership import MemberFacts
+from agent.rpc.remote import EndpointsHandler, RemoteEndpoints
+from agent.rpc.transport import RPCServerFactory
 from agent.schemas import SchemaSet
 from agent.server import DataDirError, ServerCore, SnapshotError
 
@@ -36,6 +48,7 @@ __all__ = ["Agent", "DataDirError", "SnapshotError", "make_agent"]
 txaio.use_twisted()
 
 CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
+USER_EVENT_BUFFER = 256  # Consul's agent keeps the last 256 user events it saw
 _LOCAL_READ = QueryOptions(consistency=STALE)
 
 
@@ -48,23 +61,43 @@ class Agent(MultiService):
 
     def __init__(self, config: AgentConfig, reactor, *,
                  persistence: LocalPersistence | None = None, pool: ThreadPool | None = None,
-                 endpoints: Any = None) -> None:
+                 endpoints: Any = None, gossip: bool = False) -> None:
         """A server agent when `config.server`; else a client agent reaching `endpoints` (an
-        object with the server endpoints' methods)."""
+        object with the server endpoints' methods). With `gossip`, the agent is a member of
+        the LAN pool on the Serf LAN port (real agents); without, it is alone (in-process
+        tests)."""
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.gossip: LanGossip | None = None
+        self.wan: WanGossip | None = None  # a server's WAN pool (real agents)
+        self.datacenters: Datacenters | None = None
+        if gossip:
+            self.gossip = LanGossip(reactor, config, on_members_changed=self._members_changed,
+                                    on_user_event=self._user_event)
+            if config.server:
+                self.wan = WanGossip(reactor, config)
         if config.server:
-            self.server: ServerCore | None = ServerCore(config, reactor, self.node, pool=pool)
+            self.server: ServerCore | None = ServerCore(config, reactor, self.node, pool=pool,
+                                                        members=self._member_facts)
             endpoints = self.server.endpoints
             # The server's parts, by the names tests and tools know them.
             self.store, self.fsm, self.raft = self.server.store, self.server.fsm, self.server.raft
             self.sessions, self.leader = self.server.sessions, self.server.leader
+            if self.wan is not None:
+                # Requests naming another datacenter go to its servers, found in the WAN pool.
+                self.datacenters = Datacenters(reactor, self.wan)
+                self.server.endpoints.other_datacenters = self.datacenters
+        elif endpoints is None and self.gossip is not None:
+            # A client agent reaches the servers gossip names, over the server RPC.
+            self.server = None
+            endpoints = RemoteEndpoints(reactor, self.server_addresses)
         elif endpoints is None:
             raise ValueError("a client agent needs the endpoints of a server to reach")
         else:
             self.server = None
         self.endpoints = endpoints
+        self._rpc_port = None  # a server's listener on the server port (real agents)
         # API registrations live in data_dir whenever there is one, -dev or not, as in Consul.
         if persistence is None and config.data_dir:
             persistence = LocalPersistence(config.data_dir)
@@ -83,6 +116,17 @@ class Agent(MultiService):
             cluster_size=lambda: len(self.members()))
         self.local, self.antientropy = local.state, local.antientropy
         self.plugin_names: list[str] = []
+        self.user_events: deque = deque(maxlen=USER_EVENT_BUFFER)
+        self.user_event_listeners: list[Callable[[Any], None]] = []
+        # Consul's user events (/v1/event) and remote exec, fed by the pool's user events.
+        self.remote_exec = RemoteExec(
+            reactor, config.node_name, read=endpoints.read, write=endpoints.write,
+            enabled=lambda: not self.config.settings.get("disable_remote_exec", True))
+        self.events = UserEvents(
+            reactor, config.node_name,
+            send=self.gossip.pool.user_event if self.gossip is not None else None,
+            services=lambda: self.local.services, remote_exec=self.remote_exec.handle)
+        self.user_event_listeners.append(self.events.receive)
         self.loops = LoopSet()
         self.loops.add(self.antientropy.loop)
         self.loops.add(ResilientLoop(reactor, "check-reaper", self.local.reap_critical,
@@ -93,6 +137,11 @@ class Agent(MultiService):
                                   plugin_names=lambda: list(self.plugin_names))
         if self.server is not None:
             self.server.raft.add_leadership_listener(self.facade.set_leader_known)
+        if self.gossip is not None:
+            self.facade.gossip = GossipControl(self.gossip, events=self.events, wan=self.wan)
+            # Another datacenter is for the endpoints to judge: a server's WAN pool knows
+            # them, a client agent asks its server (both answer "No path to datacenter").
+            self.facade.forwards_datacenters = True
 
     def _make_runner(self, spec, notifier):
         from agent.checks.factory import make_runner
@@ -148,8 +197,34 @@ class Agent(MultiService):
         return tags
 
     def members(self) -> list[Member]:
+        if self.gossip is not None:
+            return [Member(m.name, host_of(m.addr), m.port, dict(m.tags), int(m.status))
+                    for m in self.gossip.members()]
         return [Member(self.config.node_name, self.config.advertise, self.config.ports.serf_lan,
                        self.member_tags())]
+
+    def server_addresses(self) -> list[str]:
+        """"host:port" of the server RPC of every alive Waypost server of this datacenter."""
+        if self.gossip is None:
+            return []
+        found = []
+        for m in self.gossip.members():
+            port = waypost_server_port(m.tags, self.config.datacenter)
+            if port is not None and m.status == MemberStatus.ALIVE:
+                found.append(f"{host_of(m.addr)}:{port}")
+        return sorted(found)
+
+    def _member_facts(self) -> list[MemberFacts]:
+        return self.gossip.facts() if self.gossip is not None else []
+
+    def _members_changed(self) -> None:
+        if self.server is not None:
+            self.server.leader.reconcile_soon()
+
+    def _user_event(self, event) -> None:
+        self.user_events.append(event)
+        for listener in list(self.user_event_listeners):
+            listener(event)
 
     def stats(self) -> dict:
         local = self.local
@@ -158,7 +233,9 @@ class Agent(MultiService):
                       "check_ttls": str(sum(1 for lc in local.checks.values() if lc.spec.ttl > 0)),
                       "checks": str(len(local.checks)), "services": str(len(local.services))},
             "build": {"prerelease": "", "revision": "", "version": VERSION},
-            "consul": {"acl": "disabled", "known_datacenters": "1",
+            "consul": {"acl": "disabled",
+                       "known_datacenters": str(len(self.wan.datacenters())
+                                                if self.wan is not None else 1),
                        "server": str(self.server is not None).lower()},
             "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count()),
                         "os": platform.system().lower(),
@@ -171,7 +248,11 @@ class Agent(MultiService):
                                     "leader_addr": raft.leader_address})
             stats["consul"] = dict(sorted(stats["consul"].items()))
             stats["raft"] = self.server.raft_stats()
-        order = ("agent", "build", "consul", "raft", "runtime")  # as Consul lists them
+        if self.gossip is not None:
+            stats["serf_lan"] = self.gossip.stats()
+        if self.wan is not None:
+            stats["serf_wan"] = self.wan.stats()
+        order = ("agent", "build", "consul", "raft", "runtime", "serf_lan", "serf_wan")
         return {key: stats[key] for key in order if key in stats}
 
     def load_state(self) -> None:
@@ -190,6 +271,15 @@ class Agent(MultiService):
         # Consul's state syncer runs a full sync at once, then on its interval.
         self.antientropy.start(now=True)
         self.loops["check-reaper"].start()
+        if self.gossip is not None:
+            if self.server is not None:
+                # Client agents reach this server's endpoints on the server port.
+                self._rpc_port = self.reactor.listenTCP(
+                    self.config.ports.server, RPCServerFactory(EndpointsHandler(self.endpoints)),
+                    interface=self.config.bind_addr)
+            self.gossip.start()
+            if self.wan is not None:
+                self.wan.start()
         super().startService()
 
     def _register_config(self, config: AgentConfig) -> None:
@@ -239,6 +329,30 @@ class Agent(MultiService):
                 self.log.failure("a reload listener failed")
 
     def stopService(self) -> Deferred:
+        self.remote_exec.stop()
+        if self.gossip is not None:
+            gossip, wan = self.gossip, self.wan
+            leaving = maybeDeferred(lambda: None)
+            if self.config.leave_on_terminate:
+                # A server leaves the WAN pool first, then the LAN pool (Consul's order).
+                if wan is not None:
+                    leaving.addCallback(lambda _: wan.leave())
+                leaving.addBoth(lambda _: gossip.leave())
+            if wan is not None:
+                leaving.addBoth(lambda _: wan.stop())
+            leaving.addBoth(lambda _: gossip.stop())
+            leaving.addBoth(lambda _: self._stop_core())
+            return leaving
+        return self._stop_core()
+
+    def _stop_core(self) -> Deferred:
+        if self._rpc_port is not None:
+            self._rpc_port.stopListening()
+            self._rpc_port = None
+        if isinstance(self.endpoints, RemoteEndpoints):
+            self.endpoints.stop()
+        if self.datacenters is not None:
+            self.datacenters.stop()
         self.facade.stop()
         self.local.stop()
         self.antientropy.stop()
@@ -262,7 +376,10 @@ class _Subscription:
 
 
 def make_agent(config: AgentConfig, reactor, *, persistence: LocalPersistence | None = None,
-               pool: ThreadPool | None = None, endpoints: Any = None) -> Agent:
+               pool: ThreadPool | None = None, endpoints: Any = None,
+               gossip: bool = False) -> Agent:
     """The core of one agent; `persistence` defaults to the real disk, `pool` to the log's own
-    thread pool; a client agent (`server = false`) needs the `endpoints` of a server."""
-    return Agent(config, reactor, persistence=persistence, pool=pool, endpoints=endpoints)
+    thread pool; a client agent (`server = false`) needs the `endpoints` of a server; `gossip`
+    makes it a member of the LAN pool (real agents)."""
+    return Agent(config, reactor, persistence=persistence, pool=pool, endpoints=endpoints,
+                 gossip=gossip)

@@ -36,5 +36,12 @@ class NoLeader(WaypostError):
         super().__init__("No cluster leader")
 
 
+class NoServers(WaypostError):
+    """A client agent knows no server to send a request to (Consul's text)."""
+
+    def __init__(self) -> None:
+        super().__init__("No known Consul servers")
+
+
 class UnknownCommand(WaypostError):
     """A log entry carries a command type this server does not know; replicas must not diverge."""

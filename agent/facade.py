@@ -103,6 +103,14 @@ class AgentFacade:
         # Re-reads the configuration (set by whoever started the agent from files); fires when
         # applied, fails with the reason when the new configuration is bad.
         self.reload: Callable[[], Deferred] | None = None
+        # This agent's gossip (join, leave, force-leave, events, keyring): a GossipControl, or
+        # None on an agent without gossip (in-process tests).
+        self.gossip: Any = None
+        # True when requests naming another datacenter go to the endpoints, which forward
+        # them or answer "No path to datacenter" (agents with gossip); False: only our own.
+        self.forwards_datacenters = False
+        # Stops the whole agent, as after /v1/agent/leave (set by whoever runs the process).
+        self.shutdown: Callable[[], None] | None = None
         self._leader_known = True
         # Called with True/False when a leader is found/lost (DNS drops its fresh answers).
         self.leader_listeners: list[Callable[[bool], None]] = []
@@ -144,8 +152,9 @@ class AgentFacade:
         return self._endpoints.local_index(consistency)
 
     def check_datacenter(self, dc: str | None) -> None:
-        """Only our own datacenter is reachable until WAN federation exists."""
-        if dc and dc != self.config.datacenter:
+        """Refuse a datacenter this agent has no path to at all (an agent without gossip
+        knows only its own); with gossip, the endpoints judge (and forward)."""
+        if dc and dc != self.config.datacenter and not self.forwards_datacenters:
             raise UnknownDatacenter(dc)
 
     def datacenters(self) -> list[str]:

@@ -6,9 +6,10 @@ stopped when it loses it (Consul's establishLeadership / revokeLeadership).
 - Tombstone GC (`TombstoneGC`, Consul's): KV tombstones are kept `ttl` (15 min) so blocking
   queries on a deleted prefix see the delete's index; then the leader writes a `TombstoneReap`
   for them. Expiries are bucketed by `granularity` (30 s), so at most one reap per bucket.
-- Reconciling this server's own catalog entry: its node, the `consul` service and the
-  `serfHealth` check, written when missing or different, at once and every
-  `RECONCILE_INTERVAL` (Consul's reconcile of its serf members; the one member, until gossip).
+- Reconciling the catalog with the gossip pool (`agent.membership`): this server's own entry
+  (its node, the `consul` service, `serfHealth`) and every member's node and `serfHealth`
+  (passing, critical when failed, deregistered when it left), at once, whenever membership
+  changes (`reconcile_soon`) and every `RECONCILE_INTERVAL`, as Consul's leader does.
 
 Every change goes through the log (`write`), so followers, snapshots and restarts see it.
 """
@@ -16,14 +17,14 @@ Every change goes through the log (`write`), so followers, snapshots and restart
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Callable
 
 import txaio
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 
 from agent.fsm.commands import Register, TombstoneReap
 from agent.loops import ResilientLoop
+from agent.membership import MemberFacts, reconcile_commands
 from agent.state.kv import KVS
 from agent.state.store import StateStore
 
@@ -91,6 +92,8 @@ class LeaderDuties:
     def __init__(self, reactor, store: StateStore, write: Callable[[Any], Deferred],
                  applied_index: Callable[[], int], *, sessions,
                  member: Callable[[], Register] | None = None,
+                 members: Callable[[], list[MemberFacts]] = lambda: [],
+                 datacenter: Callable[[], str] = lambda: "dc1",
                  tombstone_ttl: float = TOMBSTONE_TTL,
                  tombstone_granularity: float = TOMBSTONE_GRANULARITY,
                  reconcile_interval: float = RECONCILE_INTERVAL) -> None:
@@ -101,6 +104,10 @@ class LeaderDuties:
         self._applied_index = applied_index
         self._sessions = sessions
         self._member = member
+        self._members = members
+        self._datacenter = datacenter
+        self._reactor = reactor
+        self._soon = None
         self.tombstones = TombstoneGC(reactor, self._reap, ttl=tombstone_ttl,
                                       granularity=tombstone_granularity)
         self.reconciler = ResilientLoop(reactor, "reconcile", self.reconcile, reconcile_interval)
@@ -143,26 +150,27 @@ class LeaderDuties:
         return self._write(TombstoneReap(index))
 
     def reconcile(self) -> Deferred | None:
-        """Write this server's catalog entry if it is missing or differs; None when in sync."""
+        """Write what makes the catalog agree with the pool; None when it already does."""
         if self._member is None or not self.leading:
             return None
-        want = self._member()
-        catalog = self._store.catalog
-        node = catalog.nodes.get(want.node.name)
-        same_node = node is not None and node.address == want.node.address
-        if same_node and _same(catalog.services.get(node.name, {}).get(
-                want.service.id if want.service else ""), want.service) and all(
-                _same(catalog.checks.get(node.name, {}).get(c.check_id), c)
-                for c in want.checks):
+        commands = reconcile_commands(self._store, self._member(), self._members(),
+                                      self._datacenter())
+        if not commands:
             return None
-        # An existing node keeps what the agent's own sync wrote (meta, tagged addresses).
-        return self._write(replace(want, skip_node_update=same_node))
+        return self._write_each(commands)
 
+    @inlineCallbacks
+    def _write_each(self, commands: list[Any]):
+        for command in commands:
+            yield self._write(command)
 
-def _same(row, want) -> bool:
-    if want is None:
-        return True
-    if row is None:
-        return False
-    return replace(row, create_index=0, modify_index=0) == replace(
-        want, create_index=0, modify_index=0)
+    def reconcile_soon(self) -> None:
+        """Membership changed: reconcile on the next reactor turn (events come in bursts)."""
+        if self._soon is not None or not self.leading:
+            return
+
+        def run() -> None:
+            self._soon = None
+            d = maybeDeferred(self.reconcile)
+            d.addErrback(lambda f: self.log.failure("reconciling members failed", f))
+        self._soon = self._reactor.callLater(0, run)

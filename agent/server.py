@@ -33,6 +33,7 @@ from agent.raft.snapshots import SnapshotError as SnapshotFileError
 from agent.raft.snapshots import SnapshotStore
 from agent.raft.wal import WriteAheadLog
 from agent.rpc.server import ServerEndpoints
+from agent.membership import MemberFacts
 from agent.sessions import SessionManager
 from agent.state.snapshot import SnapshotError, read_legacy_file
 from agent.state.store import StateStore
@@ -63,7 +64,8 @@ class ServerCore:
 
     def __init__(self, config: AgentConfig, reactor, node: Callable[[], structs.Node], *,
                  pool: ThreadPool | None = None,
-                 report_error: Callable[[BaseException], None] | None = None) -> None:
+                 report_error: Callable[[BaseException], None] | None = None,
+                 members: Callable[[], list[MemberFacts]] = lambda: []) -> None:
         """`pool` runs the write-ahead log's file work (a pool of the server's own, started by
         `load_state`, when None); only a non-dev server with a data_dir uses it."""
         self.config = config
@@ -85,7 +87,8 @@ class ServerCore:
         self.sessions = SessionManager(reactor, self.store, self.raft.apply)
         self.leader = LeaderDuties(reactor, self.store, self.raft.apply,
                                    lambda: self.raft.applied_index, sessions=self.sessions,
-                                   member=self._member_registration)
+                                   member=self._member_registration, members=members,
+                                   datacenter=lambda: self.config.datacenter)
         self.endpoints = ServerEndpoints(
             reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
             lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)

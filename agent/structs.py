@@ -19,6 +19,7 @@ HEALTH_STATES = (PASSING, WARNING, CRITICAL, MAINTENANCE)
 SERF_CHECK_ID = "serfHealth"
 SERF_CHECK_NAME = "Serf Health Status"
 SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+SERF_FAILED_OUTPUT = "Agent not live or unreachable"
 
 # The checks that put a node, or one of its services, in maintenance mode, as Consul names
 # them (its structs.NodeMaint and structs.ServiceMaintPrefix + the service ID).

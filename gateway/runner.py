@@ -113,7 +113,7 @@ def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | No
     start_logging(config.log_level, config.enable_syslog)
     log = txaio.make_logger()
     try:
-        server = WaypostServer(config, reactor)
+        server = WaypostServer(config, reactor, gossip=True)
     except PluginConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -125,6 +125,8 @@ def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | No
         return 1
     if reload_config is not None:
         install_reload(server, reactor, reload_config, log)
+    # /v1/agent/leave ends the process once the agent has left, as Consul's does (exit 0).
+    server.agent.facade.shutdown = lambda: reactor.callLater(0, reactor.stop)
     for key in getattr(config, "unsupported", ()):
         log.warn("configuration key {key!r} is accepted but not supported yet", key=key)
     failed = []

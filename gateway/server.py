@@ -24,10 +24,11 @@ class WaypostServer(MultiService):
     log = txaio.make_logger()
 
     def __init__(self, config: AgentConfig, reactor, *, autoload: bool = True,
-                 allow: Iterable[str] | None = None, plugins: Iterable[tuple[str, Any]] = ()) -> None:
+                 allow: Iterable[str] | None = None, plugins: Iterable[tuple[str, Any]] = (),
+                 gossip: bool = False) -> None:
         super().__init__()
         self.reactor = reactor
-        self.agent: Agent = make_agent(config, reactor)
+        self.agent: Agent = make_agent(config, reactor, gossip=gossip)
         self.agent.setServiceParent(self)
         self.host = PluginHost(reactor, allow=allow, autoload=autoload, plugins=plugins)
         self.agent.plugin_names[:] = self.host.names()

@@ -49,10 +49,12 @@ def free_port() -> int:
 
 class AgentProcess:
     def __init__(self, *args: str, node: str = "oracle") -> None:
-        self.port, dns_port = free_ports(2)
+        self.port, self.dns_port, self.serf_lan, self.serf_wan, self.server_port = free_ports(5)
         self.node = node
         self.args = ["agent", "-dev", "-node", node, "-http-port", str(self.port),
-                     "-dns-port", str(dns_port), "-log-level", "warn", *args]
+                     "-dns-port", str(self.dns_port), "-serf-lan-port", str(self.serf_lan),
+                     "-serf-wan-port", str(self.serf_wan), "-server-port", str(self.server_port),
+                     "-log-level", "warn", *args]
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -42,7 +42,9 @@ DOCUMENTED_500 = re.compile(
     rb"|Invalid Session TTL '-?[0-9]+', must be between \[10s=24h0m0s\]"
     rb"|Session TTL '.*' invalid: time: .*"
     # KVS.Apply's lock errors (?acquire= / ?release= naming no session):
-    rb'|invalid session ".*"|missing session)$', re.S)
+    rb'|invalid session ".*"|missing session'
+    # /v1/operator/keyring: the key query's per-node failures, as Consul's multi-error
+    rb"|[0-9]+ errors? occurred:\n.*)$", re.S)
 
 
 def text(body: bytes) -> str:

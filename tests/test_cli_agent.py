@@ -27,7 +27,7 @@ def test_members(agent):
     assert out.returncode == 0, out.stderr
     header, row = out.stdout.splitlines()[:2]
     assert header.split()[:4] == ["Node", "Address", "Status", "Type"]
-    assert row.split()[:4] == ["oracle", "127.0.0.1:8301", "alive", "server"]
+    assert row.split()[:4] == ["oracle", f"127.0.0.1:{agent.serf_lan}", "alive", "server"]
 
 
 def test_kv_round_trip_and_export_import(agent):

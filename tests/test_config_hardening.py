@@ -86,8 +86,6 @@ REFUSED = [
      "protection they promise"),
     ({"acl_datacenter": "dc1"}, 'acl_datacenter = "dc1" (it turns ACLs on): ACLs are not '
                                 "supported yet"),
-    ({"encrypt": "A" * 22 + "=="}, "encrypt: gossip encryption is not supported yet"),
-    ({"encrypt_verify_incoming": True}, "encrypt_verify_incoming = true: gossip encryption"),
     ({"verify_incoming": True}, "verify_incoming = true: TLS is not supported yet"),
     ({"verify_incoming_https": True}, "verify_incoming_https = true: TLS"),
     ({"verify_outgoing": True}, "verify_outgoing = true: TLS"),
@@ -100,10 +98,8 @@ REFUSED = [
      "http_config.allow_write_http_from: limiting HTTP writes"),
     ({"bootstrap_expect": 3}, "bootstrap_expect = 3: clusters of several servers are not "
                               "supported yet"),
-    ({"start_join": ["10.0.0.1"]}, 'start_join = "10.0.0.1": joining other agents'),
-    ({"retry_join": ["10.0.0.1", "10.0.0.2"]}, 'retry_join = "10.0.0.1 10.0.0.2": joining'),
-    ({"retry_join_wan": ["10.0.0.1"]}, "retry_join_wan"),
-    ({"server": False}, "server = false: client agents are not supported yet"),
+    ({"server": False, "retry_join_wan": ["10.0.0.1"]},
+     "retry_join_wan = \"10.0.0.1\": Must be a server to join WAN cluster"),
     ({"segments": [{"name": "a", "port": 8303}]},
      "Network segments are not supported in this version of Consul"),
 ]
@@ -118,15 +114,28 @@ def test_unsafe_settings_refuse_through_the_real_cli(tmp_path, doc, message):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["-join", "10.0.0.1"], 'command line: start_join = "10.0.0.1"'),
-    (["-retry-join", "10.0.0.1"], "command line: retry_join"),
     (["-join-wan", "10.0.0.1"], "command line: start_join_wan"),
     (["-retry-join-wan", "10.0.0.1"], "command line: retry_join_wan"),
-    (["-encrypt", "A" * 22 + "=="], "command line: encrypt: gossip encryption"),
-    (["-server=false"], "command line: server = false"),
 ])
-def test_unsafe_flags_refuse_through_the_real_cli(flags, message):
-    assert_one_line_refusal(waypost_agent("-dev", *flags), message)
+def test_wan_joins_on_a_client_refuse_through_the_real_cli(tmp_path, flags, message):
+    # Consul's client logs "Must be a server to join WAN cluster" and exits 1; a server
+    # (-dev is one) joins the WAN pool instead (tests/test_wan.py).
+    path = write(tmp_path / "client.json", {"server": False, "data_dir": str(tmp_path / "d")})
+    assert_one_line_refusal(waypost_agent("-config-file", str(path), *flags), message,
+                            "Must be a server to join WAN cluster")
+
+
+def test_wan_joins_on_a_server_are_accepted():
+    config = load(flags={"start_join_wan": ["10.0.0.1"], "retry_join_wan": ["10.0.0.2"]},
+                  dev=True)
+    assert config.server and config.settings["start_join_wan"] == ["10.0.0.1"]
+
+
+def test_a_client_agent_is_accepted_even_without_a_join(tmp_path):
+    # As Consul, a client starts without servers and answers "No known Consul servers" until
+    # it joins a pool that has one (tests/test_client_agents.py runs it).
+    config = load([write(tmp_path / "c.json", {"server": False})])
+    assert config.server is False
 
 
 def test_explicitly_off_protections_and_plain_files_are_accepted(tmp_path):

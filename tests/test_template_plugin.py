@@ -346,7 +346,8 @@ def test_a_real_agent_loads_the_plugin_from_its_config_file(tmp_path):
         {"source": source, "destination": str(out), "wait": {"min": "50ms"}}]}}}))
     agent = AgentProcess("-config-file", str(config)).start()
     try:
-        expected = ["oracle 8300 -", "oracle 8300 hello"]
+        port = agent.server_port  # the consul service's port is the server RPC port
+        expected = [f"oracle {port} -", f"oracle {port} hello"]
         for step, text in enumerate(expected):
             if step:
                 agent.request("PUT", "/v1/kv/x", "hello")

@@ -21,9 +21,8 @@ Origin = Callable[[str], str | None]
 
 _GUARD = "refusing to start without the protection {it} promise{s}"
 _TLS = "TLS is not supported yet; " + _GUARD.format(it="it", s="s")
-_GOSSIP_KEY = "gossip encryption is not supported yet; " + _GUARD.format(it="it", s="s")
-_JOIN = ("joining other agents is not supported yet (Waypost has no gossip); refusing to start "
-         "an agent that would stay alone and drift apart from its cluster")
+# Consul's text (its client logs it and exits 1): only servers are members of the WAN pool.
+_WAN_JOIN = "Must be a server to join WAN cluster"
 
 
 def _get(config: Mapping[str, Any], path: str) -> Any:
@@ -50,11 +49,6 @@ def refusals(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     def refuse(key: str, label: str, reason: str) -> None:
         out.append((key, f"{label}: {reason}"))
 
-    if _get(config, "server") is False:
-        refuse("server", "server = false",
-               "client agents are not supported yet (they need gossip and RPC to reach the "
-               "servers); refusing to start an isolated agent that would serve a catalog of its "
-               "own")
     enabled = _get(config, "acl.enabled")
     acl_reason = "ACLs are not supported yet; " + _GUARD.format(it="they", s="")
     if enabled is True:
@@ -62,11 +56,6 @@ def refusals(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     elif enabled is None and _get(config, "acl_datacenter"):
         refuse("acl_datacenter", f"acl_datacenter = {_show(config['acl_datacenter'])} (it turns "
                "ACLs on)", acl_reason)
-    if _get(config, "encrypt"):
-        refuse("encrypt", "encrypt", _GOSSIP_KEY)
-    for key in ("encrypt_verify_incoming", "encrypt_verify_outgoing"):
-        if _get(config, key) is True:
-            refuse(key, f"{key} = true", _GOSSIP_KEY)
     for key in ("verify_incoming", "verify_incoming_rpc", "verify_incoming_https",
                 "verify_outgoing", "verify_server_hostname", "auto_encrypt.tls"):
         if _get(config, key) is True:
@@ -87,9 +76,9 @@ def refusals(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         refuse("bootstrap_expect", f"bootstrap_expect = {expect}",
                "clusters of several servers are not supported yet; each server would lead "
                "itself and their data would diverge, so refusing to start")
-    for key in ("start_join", "retry_join", "start_join_wan", "retry_join_wan"):
-        if _get(config, key):
-            refuse(key, f"{key} = {_show(' '.join(config[key]))}", _JOIN)
+    for key in ("start_join_wan", "retry_join_wan"):
+        if _get(config, key) and _get(config, "server") is False:
+            refuse(key, f"{key} = {_show(' '.join(config[key]))}", _WAN_JOIN)
     if _get(config, "segment") or _get(config, "segments"):
         key = "segment" if _get(config, "segment") else "segments"
         refuse(key, key, "Network segments are not supported in this version of Consul")

@@ -52,8 +52,12 @@ class ServerEndpoints:
     def __init__(self, reactor, store, log, *, datacenter: Callable[[], str],
                  lock_delay_remaining: Callable[[str], float],
                  session_timers=None, rng: random.Random | None = None,
-                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 other_datacenters: Any = None) -> None:
+        """`other_datacenters` (an `agent.gossip.wan.Datacenters`: `names()`, `endpoints(dc)`)
+        is the way to other datacenters; None: only our own is reachable."""
         self._reactor = reactor
+        self.other_datacenters = other_datacenters
         self._store = store
         self._log = log
         self._datacenter = datacenter
@@ -101,10 +105,14 @@ class ServerEndpoints:
 
     def read(self, query: Any, options: QueryOptions) -> ReadResult | Deferred:
         """Answer a store query in the mode `options` asks for; a Deferred when it must wait
-        (blocking, a quorum round)."""
-        self._check_datacenter(options.datacenter)
+        (blocking, a quorum round). A read for another datacenter goes to a server of it."""
+        elsewhere = self._elsewhere(options.datacenter)
+        if elsewhere is not None:
+            return elsewhere.read(query, options)
         if isinstance(query, q.CatalogDatacenters):
-            return ReadResult([self._datacenter()], QueryMeta(index=0))
+            names = (self.other_datacenters.names() if self.other_datacenters is not None
+                     else [self._datacenter()])
+            return ReadResult(names, QueryMeta(index=0))
         if isinstance(query, q.SessionExpiries):
             return self._session_expiries(query)
         spec = READS[type(query)]
@@ -162,9 +170,15 @@ class ServerEndpoints:
     # --- writes ---------------------------------------------------------------------------------
 
     def write(self, command: Any, request: WriteRequest) -> Deferred:
-        """Apply `command` through the log after the leader's rules; fires with a WriteResult."""
+        """Apply `command` through the log after the leader's rules; fires with a WriteResult.
+        A write for another datacenter goes to a server of it: the request's datacenter, but a
+        catalog registration's own (Consul's Catalog.Register ignores ?dc)."""
         try:
-            self._check_datacenter(request.datacenter)
+            target = (command.node.datacenter if isinstance(command, Register)
+                      else request.datacenter)
+            elsewhere = self._elsewhere(target)
+            if elsewhere is not None:
+                return elsewhere.write(command, replace(request, datacenter=target))
             handler = self._WRITES.get(type(command))
             if handler is None:
                 raise InvalidRequest(f"no endpoint takes {type(command).__name__}")
@@ -260,7 +274,15 @@ class ServerEndpoints:
 
     # --- shared -----------------------------------------------------------------------------
 
-    def _check_datacenter(self, dc: str | None) -> None:
-        """Only our own datacenter is reachable until WAN federation exists."""
-        if dc and dc != self._datacenter():
+    def _elsewhere(self, dc: str | None) -> Any:
+        """None for our own datacenter; the endpoints of another one (reached through the WAN
+        pool), or UnknownDatacenter ("No path to datacenter") when there is no way to it."""
+        if not dc or dc == self._datacenter():
+            return None
+        if self.other_datacenters is None:
             raise UnknownDatacenter(dc)
+        return self.other_datacenters.endpoints(dc)
+
+    def _check_datacenter(self, dc: str | None) -> None:
+        if self._elsewhere(dc) is not None:
+            raise UnknownDatacenter(dc)  # a command that reached here must be for us

@@ -39,19 +39,17 @@ def flag_set() -> FlagSet:
             .int("serf-lan-port", default=None, help="Serf LAN port (default 8301).")
             .int("serf-wan-port", default=None, help="Serf WAN port (default 8302).")
             .int("grpc-port", default=None, help="gRPC port (-1 disables). Not supported yet.")
-            .strings("join", help="An agent to join at start; repeatable. Refused: Waypost has "
-                     "no gossip yet.")
-            .strings("retry-join", help="An agent to join at start, retried; repeatable. "
-                     "Refused: Waypost has no gossip yet.")
+            .strings("join", help="An agent (Serf LAN address) to join at start; repeatable.")
+            .strings("retry-join", help="An agent to join at start, retried until one answers; "
+                     "repeatable.")
             .strings("join-wan", help="A server of another datacenter to join; repeatable. "
-                     "Refused: Waypost has no gossip yet.")
+                     "Refused: the WAN pool is not supported yet.")
             .strings("retry-join-wan", help="A server of another datacenter to join, retried; "
-                     "repeatable. Refused: Waypost has no gossip yet.")
-            .string("retry-interval", help="Time between joins. Not supported yet.")
-            .int("retry-max", default=None, help="Join attempts. Not supported yet.")
+                     "repeatable. Refused: the WAN pool is not supported yet.")
+            .string("retry-interval", help="Time between join attempts (default 30s).")
+            .int("retry-max", default=None, help="Join attempts before giving up (0: no limit).")
             .bool("rejoin", default=None, help="Rejoin after leaving. Not supported yet.")
-            .string("encrypt", help="Base64 gossip encryption key. Refused: gossip encryption "
-                    "is not supported yet.")
+            .string("encrypt", help="Base64 gossip encryption key (16, 24 or 32 bytes).")
             .strings("node-meta", help="key:value metadata of this node; repeatable.")
             .string("data-dir", help="Directory for state.")
             .strings("config-dir", help="A directory of *.json and *.hcl config files, read in "

@@ -12,6 +12,7 @@ SOA serial from `clock`; no reactor, no sockets.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 from agent import structs
 from agent.config.model import DNSConfig
+from agent.errors import UnknownDatacenter
 from gateway.dns import names, wire
 from gateway.dns.names import Lookup
 
@@ -38,6 +40,8 @@ class Answer(NamedTuple):
     additional: list[wire.Record]
     # Consul 1.8 trims only service lookups to the UDP/TCP limits; `fit` reads this.
     trim: bool = False
+    # From another datacenter's servers: not valid while our own state stands (never cached).
+    remote: bool = False
 
 
 class _Instance(NamedTuple):
@@ -92,8 +96,31 @@ class ConsulAuthority:
         if lookup.kind == "addr":  # the datacenter label is not checked for addr names
             return self._addr(question, lookup, domain)
         if lookup.datacenter and lookup.datacenter != self.datacenter.lower():
+            return self._elsewhere(question, lookup, domain, catalog, rng)
+        return self._lookup(question, lookup, domain, catalog, rng)
+
+    def _elsewhere(self, question: wire.Question, lookup: Lookup, domain: str, catalog: Any,
+                   rng: random.Random) -> Answer:
+        """A name of another datacenter, answered by its servers (forwarded by ours), with
+        that datacenter in owner names and SRV targets, as Consul's."""
+        remote = copy.copy(self)
+        remote.datacenter = lookup.datacenter
+        try:
+            answer = remote._lookup(question, lookup, domain,
+                                    catalog.in_datacenter(lookup.datacenter), rng)
+        except UnknownDatacenter:
             # Consul 1.8.1+ (hashicorp/consul#8103): "No path to datacenter" is NXDOMAIN.
             return self._nxdomain(domain)
+        return answer._replace(remote=True)
+
+    def no_path(self, question: wire.Question) -> Answer:
+        """NXDOMAIN for a name of a datacenter there is no path to, when that was learned
+        only after waiting (a client agent's server said so)."""
+        split = names.split_domain(question.lower.rstrip("."), self._domains)
+        return self._nxdomain(split[1] if split is not None else self.domain)
+
+    def _lookup(self, question: wire.Question, lookup: Lookup, domain: str, catalog: Any,
+                rng: random.Random) -> Answer:
         if lookup.kind == "node":
             return self._node(question, lookup, domain, catalog)
         if lookup.kind == "service":

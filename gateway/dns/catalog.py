@@ -15,23 +15,35 @@ from agent.facade import DEFAULT, STALE, QueryOptions, queries
 from agent.structs import Node
 
 
+class Pending(NoLeader):
+    """A read must wait (a client agent's first read of a query asks a server): the DNS
+    server waits for `deferred`, then answers again (its answer is then at hand)."""
+
+    def __init__(self, deferred) -> None:
+        super().__init__()
+        self.deferred = deferred
+
+
 class DNSCatalog:
     """One DNS question's view of the catalog; reads go through `facade.read`."""
 
-    def __init__(self, facade, dns_config) -> None:
+    def __init__(self, facade, dns_config, datacenter: str = "") -> None:
         self._facade = facade
+        self._dns_config = dns_config
         if dns_config.allow_stale:
-            self._options = QueryOptions(consistency=STALE, max_stale=dns_config.max_stale)
+            self._options = QueryOptions(datacenter=datacenter, consistency=STALE,
+                                         max_stale=dns_config.max_stale)
         else:
-            self._options = QueryOptions(consistency=DEFAULT)
+            self._options = QueryOptions(datacenter=datacenter, consistency=DEFAULT)
+
+    def in_datacenter(self, datacenter: str) -> "DNSCatalog":
+        """The same questions, asked of another datacenter (through our servers)."""
+        return DNSCatalog(self._facade, self._dns_config, datacenter)
 
     def _read(self, query: Any) -> Any:
         result = self._facade.read(query, self._options)
         if not hasattr(result, "value"):
-            # Waiting (a forwarded read) is not something a DNS answer can do: refuse it like
-            # a missing leader, so the last known answer is served instead.
-            result.cancel()
-            raise NoLeader()
+            raise Pending(result)
         return result.value
 
     def instances(self, name_lower: str) -> list[queries.CheckServiceNode]:

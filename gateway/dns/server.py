@@ -19,18 +19,19 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from agent.errors import NoLeader
+from agent.errors import NoLeader, UnknownDatacenter
 from agent.facade import CATALOG_TABLES
 from gateway.dns import wire
 from gateway.dns.authority import Answer, ConsulAuthority  # noqa: F401 - Answer in annotations
 from gateway.dns.cache import VARIANTS, AnswerCache
-from gateway.dns.catalog import DNSCatalog
+from gateway.dns.catalog import DNSCatalog, Pending
 from gateway.dns.fit import encode_answer
 from gateway.dns.recursor import Forwarder
 from gateway.dns.stream import TCP_IDLE, TCP_MAX_CONNECTIONS, DNSStreamFactory
 
 txaio.use_twisted()
 
+PENDING_ROUNDS = 4  # reads one answer may wait for (a client agent's first reads of a name)
 STALE_TTL = 30  # RFC 8767's recommended TTL for answers served past their freshness
 
 
@@ -94,7 +95,7 @@ class DNSController:
             return wire.error_response(packet, wire.SERVFAIL)
 
     def _resolve(self, packet: bytes, question: wire.Question, key: bytes, cache: AnswerCache,
-                 stale_entry, udp: bool):
+                 stale_entry, udp: bool, rounds: int = 0):
         if question.edns_version != 0:
             # RFC 6891 6.1.3. Consul 1.8.7 ignores the version and answers as for version 0;
             # a client that gets BADVERS asks again with version 0 (dig does), so it loses
@@ -108,12 +109,24 @@ class DNSController:
         if self.authority.handles(name):
             try:
                 answer = self.authority.resolve(question, self.catalog(), self.rng)
+            except Pending as pending:
+                # A client agent asked a server; once it answered, resolving again finds the
+                # answer at hand. Bounded: reads that always wait get the stale answer.
+                d = pending.deferred
+                if rounds >= PENDING_ROUNDS:
+                    d.cancel()
+                    d.addErrback(lambda f: None)
+                    return self._serve_stale(packet, stale_entry, udp)
+                return d.addCallbacks(
+                    lambda _: self._resolve(packet, question, key, cache, stale_entry, udp,
+                                            rounds + 1),
+                    lambda f: self._pending_failed(f, packet, question, stale_entry, udp))
             except NoLeader:
                 return self._serve_stale(packet, stale_entry, udp)
             if answer is not None:
                 encoded = encode_answer(question, answer, self.dns_config, udp=udp,
                                         recursion_available=recursion)
-                if self.cache_answers:
+                if self.cache_answers and not answer.remote:
                     shuffle = len(answer.answers) > 1
                     cache.store(key, encoded[2:], shuffle, question, answer)
                 return packet[:2] + encoded[2:]
@@ -130,6 +143,15 @@ class DNSController:
                                            echo_edns=False)
         return packet[:2] + encoded[2:]
 
+    def _pending_failed(self, failure: Failure, packet: bytes, question: wire.Question,
+                        stale_entry, udp: bool):
+        if failure.check(UnknownDatacenter):  # another datacenter nobody has a path to
+            recursion = self.forwarder is not None and bool(self.forwarder.recursors)
+            encoded = encode_answer(question, self.authority.no_path(question), self.dns_config,
+                                    udp=udp, recursion_available=recursion)
+            return packet[:2] + encoded[2:]
+        return self._serve_stale(packet, stale_entry, udp)
+
     def _forward_failed(self, failure: Failure, packet: bytes, question: wire.Question):
         if failure.check(defer.CancelledError):
             return None  # the agent is stopping
@@ -139,7 +161,12 @@ class DNSController:
     def _add_variant(self, entry, udp: bool) -> None:
         recursion = self.forwarder is not None and bool(self.forwarder.recursors)
         try:
-            answer = self.authority.resolve(entry.question, self.catalog(), self.rng)
+            try:
+                answer = self.authority.resolve(entry.question, self.catalog(), self.rng)
+            except Pending as pending:  # not at hand: keep the variants we have
+                pending.deferred.addErrback(lambda f: None)
+                entry.shuffle = False
+                return
             if answer is None:
                 entry.shuffle = False
                 return

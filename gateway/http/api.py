@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import txaio
 from twisted.internet.defer import Deferred
 
-from agent.facade import ReadResult, WriteResult
+from agent.facade import ReadResult, WriteRequest, WriteResult, queries
 from agent.errors import (
     InvalidRequest,
     NotFound,
@@ -48,6 +48,24 @@ def error_response(exc: Exception) -> Response:
         if isinstance(exc, cls):
             return Response(status, str(exc).encode(), [VARY], content_type=TEXT)
     raise exc
+
+
+class InDatacenter:
+    """The facade as a handler of a request naming another datacenter (?dc=) sees it: its
+    writes go there, as Consul's WriteRequest takes its Datacenter from ?dc. Everything else
+    is the facade's own (reads carry the datacenter in their QueryOptions already)."""
+
+    def __init__(self, facade, datacenter: str) -> None:
+        self._facade = facade
+        self._datacenter = datacenter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._facade, name)
+
+    def write(self, command: Any, request: WriteRequest = WriteRequest()) -> Deferred:
+        if not request.datacenter:
+            request = WriteRequest(datacenter=self._datacenter, token=request.token)
+        return self._facade.write(command, request)
 
 
 class Cached:
@@ -100,9 +118,12 @@ class HTTPAPI:
             own = getattr(route.handler, "own_query_params", False)
             params = parse_query_params({} if own else request.query, request.headers,
                                         self.pretty)
+            facade = self.facade
             if not route.local:
-                self.facade.check_datacenter(params.dc)
-            result = route.handler(self.facade, request, params, arg)
+                facade.check_datacenter(params.dc)
+                if params.dc and params.dc != facade.config.datacenter:
+                    facade = InDatacenter(facade, params.dc)
+            result = route.handler(facade, request, params, arg)
         except WaypostError as exc:
             return error_response(exc)
         if isinstance(result, Read):
@@ -163,6 +184,12 @@ class HTTPAPI:
         if cached is not None and cached.result is result:
             return cached.response
         token = self.facade.local_index(mode)
+        dc = params.options.datacenter
+        if (dc and dc != self.facade.config.datacenter) or isinstance(
+                read.query, queries.CatalogDatacenters):
+            # Not valid while our own index stands: another datacenter's state, or the WAN
+            # pool's view. Encoded again for every request.
+            token = None
         meta = result.meta
         headers = [VARY]
         if read.index_headers:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.hookspecs import hookimpl
+from gateway.http import events
 from gateway.http.api import HTTPAPI
-from gateway.http.handlers import agent, catalog, health, kv, maintenance, session, status, txn
+from gateway.http.handlers import (
+    agent, catalog, health, keyring, kv, maintenance, members, session, status, txn)
 from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
 from gateway.http.protocol import HTTPFactory
 from gateway.http.request import Request, Response
@@ -82,7 +84,10 @@ def build_routes() -> RouteTable:
     t.add("/v1/health/state/", GET, health.state)
     t.add("/v1/agent/self", GET, agent.self_info, local=True)
     t.add("/v1/waypost/self", GET, agent.waypost_self, local=True)
-    t.add("/v1/agent/members", GET, agent.members, local=True)
+    t.add("/v1/agent/members", GET, members.members, local=True)
+    t.add("/v1/agent/join/", PUT, members.join, local=True)
+    t.add("/v1/agent/leave", PUT, members.leave, local=True)
+    t.add("/v1/agent/force-leave/", PUT, members.force_leave, local=True)
     t.add("/v1/agent/services", GET, agent.services, local=True)
     t.add("/v1/agent/service/register", PUT, agent.register_service, local=True)
     t.add("/v1/agent/service/deregister/", PUT, agent.deregister_service, local=True)
@@ -99,6 +104,8 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/maintenance", PUT, maintenance.node, local=True)
     t.add("/v1/agent/service/maintenance/", PUT, maintenance.service, local=True)
     t.add("/v1/agent/reload", PUT, maintenance.reload, local=True)
+    t.add("/v1/operator/keyring", GET + ("POST",) + PUT + DELETE, keyring.keyring,
+          local=True)
     t.add("/v1/status/leader", GET, status.leader, local=True)
     t.add("/v1/status/peers", GET, status.peers, local=True)
     t.add("/v1/session/create", PUT, session.create)
@@ -108,6 +115,8 @@ def build_routes() -> RouteTable:
     t.add("/v1/session/node/", GET, session.node)
     t.add("/v1/session/list", GET, session.list_all)
     t.add("/v1/txn", PUT, txn.txn)
+    t.add("/v1/event/fire/", PUT, events.fire)
+    t.add("/v1/event/list", GET, events.list_events, local=True)
     return t
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode
 
-TYPES = ("key", "keyprefix", "services", "nodes", "service", "checks")
+TYPES = ("key", "keyprefix", "services", "nodes", "service", "checks", "event")
 CHECK_STATES = ("any", "passing", "warning", "critical")
 
 
@@ -62,6 +62,12 @@ def make_plan(spec: Mapping[str, Any]) -> WatchPlan:
         return WatchPlan(kind, "/v1/catalog/services", tuple(query))
     if kind == "nodes":
         return WatchPlan(kind, "/v1/catalog/nodes", tuple(query))
+    if kind == "event":
+        # The agent's recent user events (optionally one name's). Their index comes from the
+        # last event's ID, so it is not monotonic: a lower one merely costs one extra query.
+        if spec.get("name"):
+            query.append(("name", str(spec["name"])))
+        return WatchPlan(kind, "/v1/event/list", tuple(query))
     if kind == "service":
         name = _required(spec, "service")
         tags = spec.get("tag") or []

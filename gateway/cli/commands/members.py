@@ -18,12 +18,11 @@ from gateway.cli.commands import (
     Context,
     add_http_flags,
     columnize,
-    expect_no_args,
     open_client,
 )
 from gateway.cli.flags import FlagSet
 
-__all__ = ["COMMAND", "format_members", "member_address", "status_name"]
+__all__ = ["COMMAND", "format_members", "is_server", "member_address", "status_name"]
 
 # Serf's member status numbers, as /v1/agent/members reports them.
 _STATUS_NAMES = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
@@ -46,12 +45,18 @@ def member_address(member: Mapping[str, Any]) -> str:
     return f"{addr}:{port}"
 
 
+def is_server(tags: Mapping[str, str]) -> bool:
+    """A Consul server (role=consul), or a Waypost server, which advertises role=node and
+    wp=server so Consul servers never take it for a Raft peer (see consul_tags)."""
+    return tags.get("role") == "consul" or tags.get("wp") == "server"
+
+
 def _with_segment_label(member: Mapping[str, Any], all_segments: bool) -> dict[str, str]:
     # Consul rewrites the segment tag before printing: servers belong to every
     # segment ("<all>") when no segment was asked for, and an empty segment
     # is the default one.
     tags = {str(k): str(v) for k, v in (member.get("Tags") or {}).items()}
-    if all_segments and tags.get("role") == "consul":
+    if all_segments and is_server(tags):
         tags["segment"] = "<all>"
     elif not tags.get("segment"):
         tags["segment"] = "<default>"
@@ -86,7 +91,7 @@ def format_members(members: Sequence[Mapping[str, Any]], *, detailed: bool = Fal
         build = tags.get("build", "")
         # The build tag is "version:revision"; an empty one means a pre-0.3 agent.
         build = build.split(":", 1)[0] if build else "< 0.3"
-        kind = "server" if tags.get("role") == "consul" else "client"
+        kind = "server" if is_server(tags) else "client"
         rows.append([str(member.get("Name", "")), member_address(member),
                      status_name(member.get("Status")), kind, build,
                      tags.get("vsn", ""), tags.get("dc", ""), tags["segment"]])
@@ -105,7 +110,7 @@ def _flags() -> FlagSet:
 
 
 def _run(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
-    expect_no_args(args)
+    # `consul members` ignores stray arguments (exit 0), so we do too.
     try:
         re.compile(values.status)
     except re.error as exc:
@@ -115,8 +120,13 @@ def _run(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
         query.append(("wan", "1"))
     if values.segment:
         query.append(("segment", values.segment))
-    members = open_client(ctx, values).get_json("/v1/agent/members", query=query,
-                                                missing=[]) or []
+    response = open_client(ctx, values).request("GET", "/v1/agent/members", query=query,
+                                                allow=range(400, 600))
+    if response.status >= 400:
+        body = " ".join(response.body.decode("utf-8", "replace").split())
+        raise CommandError(f"Error retrieving members: Unexpected response code: "
+                           f"{response.status} ({body})")
+    members = response.json() or []
     table = format_members(members, detailed=values.detailed,
                            status_filter=values.status, all_segments=not values.segment)
     if table is None:

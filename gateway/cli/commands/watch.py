@@ -21,7 +21,9 @@ WAIT = "5m"
 
 def _flags() -> FlagSet:
     flags = FlagSet("watch")
-    flags.string("type", default="", help="key, keyprefix, services, nodes, service or checks.")
+    flags.string("type", default="",
+                 help="key, keyprefix, services, nodes, service, checks or event.")
+    flags.string("name", help="The event name to watch (type event).")
     flags.string("key", help="The key to watch (type key).")
     flags.string("prefix", help="The key prefix to watch (type keyprefix).")
     flags.string("service", help="The service to watch (types service and checks).")
@@ -35,7 +37,7 @@ def _flags() -> FlagSet:
 def _run(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
     spec = {"type": values.type, "key": values.key, "prefix": values.prefix,
             "service": values.service, "tag": values.tag, "passingonly": values.passingonly,
-            "state": values.state, "stale": values.stale,
+            "state": values.state, "stale": values.stale, "name": values.name,
             "datacenter": getattr(values, "datacenter", None)}
     try:
         plan = make_plan(spec)

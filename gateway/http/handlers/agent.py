@@ -41,15 +41,6 @@ def waypost_self(facade, request, params, arg):
             "Plugins": facade.plugin_names()}
 
 
-def members(facade, request, params, arg):
-    # Consul takes any non-empty ?wan value (even "0" or "false") as "the WAN pool".
-    if request.query.get("wan", [""])[0]:
-        config = facade.config
-        return [encode_self.wan_member(m, config) for m in facade.members()[:1]] \
-            if config.server else []
-    return [encode_self.member(m) for m in facade.members()]
-
-
 def services(facade, request, params, arg):
     found = facade.read(queries.AgentServices(), params.options).value  # ?filter= in the core
     return {sid: encode.agent_service(s) for sid, s in found.items()}

@@ -9,6 +9,7 @@ from agent.facade import (
     Field,
     Filter,
     Register,
+    WriteRequest,
     compile_filter,
     parse_catalog_deregister,
     parse_catalog_register,
@@ -54,8 +55,10 @@ def register(facade, request, params, arg):
 def deregister(facade, request, params, arg):
     dereg = parse_catalog_deregister(json_body(request), facade.schemas)
     facade.check_datacenter(dereg.datacenter)  # as register: Consul's "No path to datacenter"
+    # The body's Datacenter says where (another one: forwarded there by its servers).
     return facade.write(Deregister(node=dereg.node, service_id=dereg.service_id,
-                                   check_id=dereg.check_id))
+                                   check_id=dereg.check_id),
+                        WriteRequest(datacenter=dereg.datacenter))
 
 
 def datacenters(facade, request, params, arg):
