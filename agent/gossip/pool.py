@@ -36,7 +36,10 @@ from agent.gossip.swim_config import SwimConfig
 txaio.use_twisted()
 
 STREAM_TIMEOUT = 10.0  # memberlist's TCPTimeout on a LAN
-SERF_TICK = 0.2  # how often Serf's own timers (reap, reconnect, query deadlines) are checked
+# The longest Serf's own timers (reap, reconnect, query deadlines) wait for a check. Every SWIM
+# timer firing (gossip every 200 ms on the LAN) checks them too, so this only bounds the quiet
+# case; a shorter one would add wake-ups to an idle agent for nothing.
+SERF_TICK = 1.0
 LEAVE_TIMEOUT = 5.0  # Serf's BroadcastTimeout: how long a leave waits for its intent to go out
 
 
@@ -224,6 +227,7 @@ class GossipPool:
             return
         now = self._reactor.seconds()
         self.serf.tick(now)
+        self._next_serf_tick = now + SERF_TICK
         self.swim.advance(now)
         self._pump()
 
