@@ -146,9 +146,12 @@ class AgentFacade:
         For caches that must drop what a change made stale (DNS answers, plugin views)."""
         return self._endpoints.on_change(listener)
 
-    def local_index(self, consistency: str) -> int | None:
-        """The index a read in `consistency` mode would be answered at right now without a
-        round trip, or None: frontends validate cached answers with it."""
+    def local_index(self, consistency: str, max_stale: float = 0.0) -> int | None:
+        """The index a read in `consistency` mode (stale: within `max_stale`, 0 for any) would
+        be answered at right now without a round trip, or None: frontends validate cached
+        answers with it."""
+        if max_stale:
+            return self._endpoints.local_index(consistency, max_stale)
         return self._endpoints.local_index(consistency)
 
     def check_datacenter(self, dc: str | None) -> None:

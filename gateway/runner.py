@@ -5,6 +5,7 @@ This and the console script are the only places that import the global reactor.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -147,6 +148,10 @@ def run_agent(config: AgentConfig, reload_config: Callable[[], AgentConfig] | No
                  "{addr}:{port}", version=WAYPOST_VERSION, node=config.node_name,
                  dc=config.datacenter, addr=config.http_addr or config.client_addr,
                  port=config.ports.http)
+        # Everything loaded at start (modules, schemas, the restored state) lives as long as
+        # the agent: keep it out of the collector's full passes, which would otherwise walk it
+        # again and again while requests are served.
+        gc.freeze()
 
     def stop():
         # After a failed start some services never started; stopping them would only raise.

@@ -18,6 +18,7 @@ from agent.gossip.keyring_ops import KeyringOps
 from agent.gossip.lan import LanGossip
 from agent.gossip.network import host_of
 from agent.gossip.serf.errors import SerfError
+from agent.gossip.vivaldi import Coordinate
 
 
 class GossipControl:
@@ -44,6 +45,15 @@ class GossipControl:
             return None
         return [Member(m.name, host_of(m.addr), m.port, dict(m.tags), int(m.status))
                 for m in self._wan.members()]
+
+    def lan_coordinates(self) -> dict[str, Coordinate]:
+        """The network coordinates this agent's LAN pool holds, by node name (its own and
+        each member's from its last ack; see `agent.gossip.vivaldi`)."""
+        return self._lan.cached_coordinates()
+
+    def wan_coordinates(self) -> dict[str, list[tuple[str, Coordinate]]] | None:
+        """A server's view of every datacenter's servers' WAN coordinates; None on a client."""
+        return None if self._wan is None else self._wan.datacenter_coordinates()
 
     def leave(self) -> Deferred:
         """Leave the pool gracefully (the agent then shuts down, as Consul's does). A leave

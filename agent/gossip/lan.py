@@ -25,6 +25,7 @@ from agent.durations import parse_duration
 from agent.gossip.keyring_ops import load_keyring
 from agent.gossip.network import HostPort, host_of
 from agent.gossip.pool import GossipPool, PoolSettings
+from agent.gossip.vivaldi import Coordinate
 from agent.gossip.delegate import NodeInfo
 from agent.gossip.security import Keyring
 from agent.gossip.serf.errors import SerfDecodeError
@@ -181,6 +182,15 @@ class PoolMember:
 
     def members(self) -> list[Member]:
         return self.pool.members()
+
+    def coordinate(self) -> Coordinate:
+        """This node's network coordinate in the pool (Serf's GetCoordinate)."""
+        return self.pool.coordinates.coordinate
+
+    def cached_coordinates(self) -> dict[str, Coordinate]:
+        """The last coordinate each member sent in an ack, and this node's own, by member
+        name (Serf's coordinate cache; a member leaves it when reaped)."""
+        return dict(self.pool.coordinates.cache)
 
     def stats(self) -> dict[str, str]:
         """Serf's figures as /v1/agent/self shows them under Stats.serf_lan / serf_wan."""

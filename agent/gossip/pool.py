@@ -27,11 +27,12 @@ from agent.gossip.network import (
     stream_encoder)
 from agent.gossip.security import Envelope, Keyring, encryption_version
 from agent.gossip.serf.events import (
-    BroadcastDone, Member, ReconnectTo, SendTo, SerfOutput)
+    BroadcastDone, Member, MemberEvent, MemberEventType, ReconnectTo, SendTo, SerfOutput)
 from agent.gossip.serf.config import SerfConfig
 from agent.gossip.serf.state import Serf
 from agent.gossip.swim import SendPacket, StartPushPull, Swim, SwimError, TcpPing
 from agent.gossip.swim_config import SwimConfig
+from agent.gossip.vivaldi import CoordinateTracker, VivaldiClient
 
 txaio.use_twisted()
 
@@ -78,10 +79,13 @@ class GossipPool:
         version = encryption_version(settings.swim.protocol_version)
         self._envelope = Envelope(settings.keyring, version) if settings.keyring else None
         self.serf = Serf(settings.serf, self._rng, reactor.seconds(), keyring=settings.keyring)
+        # Serf's network coordinates: carried in every ack, updated from every direct probe.
+        self.coordinates = CoordinateTracker(settings.name, VivaldiClient(rng=self._rng))
         self.swim = Swim(settings.swim, name=settings.name,
                          addr=addr_bytes(settings.advertise[0]), port=settings.advertise[1],
                          rng=self._rng, size_of=lambda m: len(codec.encode_message(m)),
                          delegate=self.serf, events=self.serf,
+                         ping_delegate=self.coordinates,
                          alive_filter=settings.alive_filter, merge_filter=settings.merge_filter)
         self._udp = PacketSocket(self._packet)
         self._udp_port = None
@@ -249,6 +253,8 @@ class GossipPool:
             if waiter is not None:
                 waiter.callback(None)
         else:
+            if isinstance(item, MemberEvent) and item.type is MemberEventType.REAP:
+                self.coordinates.forget(item.member.name)
             try:
                 self._on_event(item)
             except Exception:  # noqa: BLE001 - the agent's trouble must not stop gossip

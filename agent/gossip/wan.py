@@ -18,6 +18,7 @@ WAN pool holds Waypost servers only.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from agent.gossip.serf.errors import SerfDecodeError
 from agent.gossip.serf.events import MemberEvent, MemberStatus
 from agent.gossip.serf.tags import decode_tags
 from agent.gossip.swim_config import SwimConfig
+from agent.gossip.vivaldi import Coordinate
 from agent.rpc.remote import RemoteEndpoints
 
 txaio.use_twisted()
@@ -173,15 +175,45 @@ class WanGossip(PoolMember):
                 found.append(f"{host_of(m.addr)}:{port}")
         return sorted(found)
 
+    def _alive_servers(self) -> list[tuple[str, Any]]:
+        # (datacenter, member) for every alive Waypost server of the pool.
+        return [(m.tags.get("dc", ""), m) for m in self.pool.members()
+                if m.status == MemberStatus.ALIVE and waypost_server_port(m.tags) is not None
+                and m.tags.get("dc", "")]
+
     def datacenters(self) -> list[str]:
-        """Every datacenter with an alive Waypost server: ours first, then by name (Consul
-        orders by coordinate distance; Waypost has no network coordinates)."""
+        """Every datacenter with an alive Waypost server, nearest first as Consul orders them
+        (its router's GetDatacentersByDistance): by the median estimated RTT from this server
+        to that datacenter's servers, ours counting as 0 and a server without a coordinate
+        yet as infinitely far; equal distances by name."""
         own = self.config.datacenter
-        others = {m.tags.get("dc", "") for m in self.pool.members()
-                  if m.status == MemberStatus.ALIVE and waypost_server_port(m.tags) is not None}
-        others.discard(own)
-        others.discard("")
-        return [own, *sorted(others)]
+        mine = self.coordinate()
+        cache = self.cached_coordinates()
+        rtts: dict[str, list[float]] = {own: [0.0]}
+        for dc, m in self._alive_servers():
+            other = cache.get(m.name)
+            if dc == own:
+                rtt = 0.0
+            elif other is None or not other.compatible(mine):
+                rtt = math.inf
+            else:
+                rtt = mine.distance(other)
+            rtts.setdefault(dc, []).append(rtt)
+        median = {dc: sorted(values)[len(values) // 2] for dc, values in rtts.items()}
+        return sorted(sorted(median), key=lambda dc: median[dc])  # stable: ties stay by name
+
+    def datacenter_coordinates(self) -> dict[str, list[tuple[str, Coordinate]]]:
+        """/v1/coordinate/datacenters: the coordinate this server holds for each alive server
+        of each datacenter (node names without the ".<dc>" Consul's WAN names carry), from its
+        own WAN pool's view; servers not heard from yet are left out, as in Consul."""
+        cache = self.cached_coordinates()
+        out: dict[str, list[tuple[str, Coordinate]]] = {self.config.datacenter: []}
+        for dc, m in self._alive_servers():
+            coord = cache.get(m.name)
+            if coord is not None:
+                node = m.name[:-len(dc) - 1] if m.name.endswith("." + dc) else m.name
+                out.setdefault(dc, []).append((node, coord))
+        return out
 
 
 class Datacenters:

@@ -102,7 +102,7 @@ class RemoteEndpoints:
                 self._listeners.remove(listener)
         return unsubscribe
 
-    def local_index(self, consistency: str) -> int | None:
+    def local_index(self, consistency: str, max_stale: float = 0.0) -> int | None:
         return None  # nothing is answered here without a round trip
 
     def leader(self) -> str:

@@ -95,11 +95,16 @@ class ServerEndpoints:
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def local_index(self, consistency: str) -> int | None:
+    def local_index(self, consistency: str, max_stale: float = 0.0) -> int | None:
         """The index at which a read in `consistency` mode would be answered here, now, without
         a round trip — or None when it would not (a follower's default read goes to the leader,
-        a consistent read needs a quorum round). Frontends validate cached answers with it."""
-        if consistency == STALE or (consistency == DEFAULT and self._log.is_leader):
+        a consistent read needs a quorum round, a stale read with `max_stale` needs a replica
+        that heard from the leader within it). Frontends validate cached answers with it."""
+        if consistency == STALE:
+            if max_stale > 0 and self._log.last_contact() > max_stale:
+                return None
+            return self._store.index
+        if consistency == DEFAULT and self._log.is_leader:
             return self._store.index
         return None
 

@@ -53,6 +53,7 @@ class DNSController:
         self.rng = rng or random.Random()
         self.cache_answers = cache_answers
         self.udp_cache = AnswerCache()
+        self._read_memo: dict = {}  # DNSCatalog reads by query, with their index
         self.tcp_cache = AnswerCache()
         self.stale_served = 0
         self.unsubscribe = facade.on_change(self._changed)
@@ -74,7 +75,7 @@ class DNSController:
     def catalog(self) -> DNSCatalog:
         """What one answer reads, in the mode `dns_config` allows: stale reads within
         `max_stale` by default (reads raise NoLeader when no fresh enough state can be had)."""
-        return DNSCatalog(self.facade, self.dns_config)
+        return DNSCatalog(self.facade, self.dns_config, memo=self._read_memo)
 
     def answer(self, packet: bytes, udp: bool) -> bytes | defer.Deferred | None:
         cache = self.udp_cache if udp else self.tcp_cache

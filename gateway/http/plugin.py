@@ -13,7 +13,7 @@ from gateway.hookspecs import hookimpl
 from gateway.http import events
 from gateway.http.api import HTTPAPI
 from gateway.http.handlers import (
-    agent, catalog, health, keyring, kv, maintenance, members, session, status, txn)
+    agent, catalog, coordinate, health, keyring, kv, maintenance, members, session, status, txn)
 from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
 from gateway.http.protocol import HTTPFactory
 from gateway.http.request import Request, Response
@@ -106,6 +106,10 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/reload", PUT, maintenance.reload, local=True)
     t.add("/v1/operator/keyring", GET + ("POST",) + PUT + DELETE, keyring.keyring,
           local=True)
+    # Coordinates are this agent's gossip view (see the handlers' module), so ?dc does not apply.
+    t.add("/v1/coordinate/datacenters", GET, coordinate.datacenters, local=True)
+    t.add("/v1/coordinate/nodes", GET, coordinate.nodes, local=True)
+    t.add("/v1/coordinate/node/", GET, coordinate.node, local=True)
     t.add("/v1/status/leader", GET, status.leader, local=True)
     t.add("/v1/status/peers", GET, status.peers, local=True)
     t.add("/v1/session/create", PUT, session.create)

@@ -32,7 +32,13 @@ HEALTH_CODES = {structs.PASSING: 200, structs.WARNING: 429, structs.CRITICAL: 50
 
 def self_info(facade, request, params, arg):
     # Exactly Consul's keys: clients compare the key set, so Waypost's own facts live apart.
-    return encode_self.agent_self(facade.config, VERSION, facade.members(), facade.stats(), {})
+    extra = {}
+    if facade.gossip is not None:  # this agent's LAN coordinate (without gossip: the origin)
+        coord = facade.gossip.lan_coordinates().get(facade.config.node_name)
+        if coord is not None:
+            extra["Coord"] = coord.to_json()
+    return encode_self.agent_self(facade.config, VERSION, facade.members(), facade.stats(),
+                                  extra)
 
 
 def waypost_self(facade, request, params, arg):
