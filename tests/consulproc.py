@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.agentproc import free_ports
+from tests.agentproc import free_ports, stop_process
 
 NO_CONSUL = ("no Consul binary: set WAYPOST_CONSUL_BIN or install one with "
              "../shared/tools/get-consul.sh (ORACLE=/tmp/oracle)")
@@ -94,13 +94,8 @@ class ConsulProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         if getattr(self, "_log", None) is not None:
             self._log.close()
         shutil.rmtree(self.data_dir, ignore_errors=True)

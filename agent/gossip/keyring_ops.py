@@ -176,22 +176,25 @@ def read_keyring_file(path: str) -> list[bytes]:
     return keys
 
 
-def keyring_file_of(config: Any) -> str | None:
-    """Where this agent keeps its LAN keyring; None when it keeps none (no data_dir, or
-    `disable_keyring_file`, which `-dev` turns on as Consul's dev mode does)."""
+def keyring_file_of(config: Any, name: str = LAN_KEYRING_FILE) -> str | None:
+    """Where this agent keeps a pool's keyring (`name` under data_dir: the LAN's by default);
+    None when it keeps none (no data_dir, or `disable_keyring_file`, which `-dev` turns on as
+    Consul's dev mode does)."""
     disabled = config.settings.get("disable_keyring_file", config.dev)
     if disabled or not config.data_dir:
         return None
-    return os.path.join(config.data_dir, LAN_KEYRING_FILE)
+    return os.path.join(config.data_dir, name)
 
 
-def load_keyring(config: Any) -> PersistentKeyring | None:
-    """The keyring at start, by Consul's rule: the file if there is one (then `encrypt` is
-    only warned about), else `encrypt` (written to a new file). None: no encryption."""
-    path = keyring_file_of(config)
+def load_keyring(config: Any, name: str = LAN_KEYRING_FILE,
+                 pool: str = "LAN") -> PersistentKeyring | None:
+    """A pool's keyring at start, by Consul's rule: its file if there is one (then `encrypt`
+    is only warned about), else `encrypt` (written to a new file). None: no encryption."""
+    path = keyring_file_of(config, name)
     if path is not None and os.path.exists(path):
         if config.encrypt:
-            txaio.make_logger().warn("WARNING: LAN keyring exists but -encrypt given, using keyring")
+            txaio.make_logger().warn("WARNING: {pool} keyring exists but -encrypt given, using "
+                                     "keyring", pool=pool)
         keys = read_keyring_file(path)
     elif config.encrypt:
         keys = [base64.b64decode(config.encrypt, validate=True)]  # validated with the config

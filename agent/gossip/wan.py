@@ -17,7 +17,6 @@ WAN pool holds Waypost servers only.
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import random
@@ -31,8 +30,7 @@ from agent.config.model import AgentConfig
 from agent.durations import parse_duration
 from agent.errors import UnknownDatacenter
 from agent.gossip.delegate import NodeInfo
-from agent.gossip.keyring_ops import (PersistentKeyring, KeyringError, KeyringFileError,
-                                      read_keyring_file, write_keyring_file)
+from agent.gossip.keyring_ops import PersistentKeyring, load_keyring
 from agent.gossip.lan import JoinPlan, PoolMember, retry_interval_of
 from agent.gossip.network import host_of
 from agent.gossip.pool import PoolSettings
@@ -85,23 +83,9 @@ def wan_swim_config(config: AgentConfig) -> SwimConfig:
 
 def wan_keyring(config: AgentConfig) -> PersistentKeyring | None:
     """The WAN pool's keyring by Consul's rule: serf/remote.keyring when there is one, else
-    `encrypt` (written to that file), else None. Like the LAN's, no file under -dev or with
-    `disable_keyring_file`."""
-    disabled = config.settings.get("disable_keyring_file", config.dev)
-    path = None if disabled or not config.data_dir else os.path.join(config.data_dir,
-                                                                        WAN_KEYRING_FILE)
-    if path is not None and os.path.exists(path):
-        keys = read_keyring_file(path)
-    elif config.encrypt:
-        keys = [base64.b64decode(config.encrypt, validate=True)]  # validated with the config
-        if path is not None:
-            write_keyring_file(path, keys)
-    else:
-        return None
-    try:
-        return PersistentKeyring(keys=keys, primary=keys[0], path=path)
-    except KeyringError as exc:
-        raise KeyringFileError(f"{path or 'encrypt'}: {exc}") from None
+    `encrypt` (written to that file), else None; no file under -dev or with
+    `disable_keyring_file`, as the LAN's."""
+    return load_keyring(config, WAN_KEYRING_FILE, pool="WAN")
 
 
 def _not_a_server(node: NodeInfo) -> str | None:
