@@ -25,7 +25,7 @@ from agent.local import commands as c
 from agent.local.state import LocalState
 from agent.rpc import queries as q
 from agent.rpc import shapes
-from agent.rpc.blocking import wait_time
+from agent.rpc.blocking import ParkedRead
 from agent.rpc.options import QueryMeta, QueryOptions, ReadResult, WriteRequest, WriteResult
 
 _CACHE_LIMIT = 4096
@@ -170,19 +170,15 @@ class LocalEndpoints:
     }
 
 
-class _HashWait:
+class _HashWait(ParkedRead):
     """One read parked on a service's content hash: answers when the hash differs, with
     NotFound when the service goes away, or with the unchanged service when the wait ends."""
 
     def __init__(self, owner: LocalEndpoints, service_id: str, options: QueryOptions) -> None:
-        self._owner = owner
         self._service_id = service_id
         self._hash = options.hash
         self._unwatch: Callable[[], None] | None = None
-        self._released = False
-        self.deferred: Deferred = Deferred(self._cancel)
-        owner.parked += 1
-        self._timer = owner._reactor.callLater(wait_time(options, owner._rng), self._timeout)
+        super().__init__(owner, options)
         self._park()
 
     def _park(self) -> None:
@@ -209,27 +205,7 @@ class _HashWait:
             return
         self._finish(result)
 
-    def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
+    def _unpark(self) -> None:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._owner.parked -= 1
-
-    def _finish(self, result: ReadResult | None, error: Exception | None = None) -> None:
-        self._release()
-        if self.deferred.called:
-            return
-        if error is not None:
-            self.deferred.errback(error)
-        else:
-            self.deferred.callback(result)
-
-    def _cancel(self, _deferred: Deferred) -> None:
-        # The reader went away (its connection closed): drop the watch and the timer.
-        self._release()

@@ -44,20 +44,60 @@ class BlockingReads:
         return _Parked(self, answer, options, watch_on).deferred
 
 
-class _Parked:
+class ParkedRead:
+    """A read parked until what it waits for changes or its wait runs out: the timer, the
+    owner's count of parked reads, answering once, and letting go when the reader goes away
+    (cancelling `deferred`). Subclasses watch in `_park`, stop watching in `_unpark`, and
+    answer through `_finish` from `_changed` and `_timeout`. The owner has `parked`,
+    `_reactor` and `_rng`."""
+
+    def __init__(self, owner: Any, options: QueryOptions) -> None:
+        self._owner = owner
+        self._released = False
+        self.deferred: Deferred = Deferred(self._cancel)
+        owner.parked += 1
+        self._timer = owner._reactor.callLater(wait_time(options, owner._rng), self._timeout)
+
+    def _timeout(self) -> None:
+        raise NotImplementedError
+
+    def _unpark(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._unpark()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._owner.parked -= 1
+
+    def _finish(self, result: ReadResult | None, error: Exception | None = None) -> None:
+        self._release()
+        if self.deferred.called:
+            return
+        if error is not None:
+            self.deferred.errback(error)
+        else:
+            self.deferred.callback(result)
+
+    def _cancel(self, _deferred: Deferred) -> None:
+        # The reader went away (its connection closed): drop the watch and the timer.
+        self._release()
+
+
+class _Parked(ParkedRead):
     """One parked read: wakes on a watch, answers when its index passes the client's."""
 
     def __init__(self, owner: BlockingReads, answer: Callable[[], ReadResult],
                  options: QueryOptions, watch_on) -> None:
-        self._owner = owner
         self._answer = answer
         self._min_index = options.min_index
         self._tables, self._prefixes = watch_on
         self._handle = None
-        self._released = False
-        self.deferred = Deferred(self._cancel)
-        owner.parked += 1
-        self._timer = owner._reactor.callLater(wait_time(options, owner._rng), self._timeout)
+        super().__init__(owner, options)
         self._park()
 
     def _park(self) -> None:
@@ -84,27 +124,7 @@ class _Parked:
             return
         self._finish(result)
 
-    def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
+    def _unpark(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._owner.parked -= 1
-
-    def _finish(self, result: ReadResult | None, error: Exception | None = None) -> None:
-        self._release()
-        if self.deferred.called:
-            return
-        if error is not None:
-            self.deferred.errback(error)
-        else:
-            self.deferred.callback(result)
-
-    def _cancel(self, _deferred: Deferred) -> None:
-        # The reader went away (its connection closed): drop the watch and the timer.
-        self._release()
