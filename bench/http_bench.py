@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import selectors
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.parked import park_waiters  # noqa: E402
 from tests.agentproc import free_port, free_ports  # noqa: E402  (ports free for TCP and UDP)
 
 
@@ -104,19 +104,7 @@ def wakeup_latency(port: int, waiters: int) -> list[float]:
     A plain selector loop on non-blocking sockets keeps the client's own cost per answer to
     one recv, so the figure is the agent's, not the load generator's.
     """
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/kv/bench/wake") as r:
-        index = r.headers["X-Consul-Index"]
-    request = (f"GET /v1/kv/bench/wake?index={index}&wait=60s HTTP/1.1\r\n"
-               f"Host: 127.0.0.1\r\n\r\n").encode()
-    sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(waiters):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(request)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ)
-        socks.append(s)
-    time.sleep(2.0)  # let every query park
+    sel, socks = park_waiters(port, waiters)
     writer = socket.create_connection(("127.0.0.1", port))
     started = time.perf_counter()
     writer.sendall(b"PUT /v1/kv/bench/wake HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nnew")

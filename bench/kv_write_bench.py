@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.parked import park_waiters  # noqa: E402
 from tests.agentproc import free_port, free_ports  # noqa: E402
 
 PUT_SCRIPT = """
@@ -145,19 +146,7 @@ def _ms(text: str) -> float:
 def parked_write(port: int, waiters: int) -> tuple[float, list[float]]:
     """Park `waiters` blocking queries on one key, write it: the writer's own latency, and
     each waiter's answer time from the write's start (ms)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/kv/bench/wake") as r:
-        index = r.headers["X-Consul-Index"]
-    request = (f"GET /v1/kv/bench/wake?index={index}&wait=60s HTTP/1.1\r\n"
-               f"Host: 127.0.0.1\r\n\r\n").encode()
-    sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(waiters):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(request)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, "waiter")
-        socks.append(s)
-    time.sleep(2.0)  # let every query park
+    sel, socks = park_waiters(port, waiters, "waiter")
     writer = socket.create_connection(("127.0.0.1", port))
     writer.setblocking(False)
     sel.register(writer, selectors.EVENT_READ, "writer")
