@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.threadpool import ThreadPool
 
 from agent import structs
+from agent.cluster_operator import RemoteOperator, ServerOperator
 from agent.config.model import VERSION, AgentConfig
 from agent.errors import InvalidRequest
 from agent.events import UserEvents
@@ -48,6 +49,7 @@ __all__ = ["Agent", "DataDirError", "SnapshotError", "make_agent"]
 txaio.use_twisted()
 
 CHECK_REAP_INTERVAL = 30.0  # Consul's CheckReapInterval
+SERVER_LOOK_INTERVAL = 1.0  # a server re-examines the pool's servers (bootstrap, autopilot)
 USER_EVENT_BUFFER = 256  # Consul's agent keeps the last 256 user events it saw
 _LOCAL_READ = QueryOptions(consistency=STALE)
 
@@ -79,7 +81,8 @@ class Agent(MultiService):
                 self.wan = WanGossip(reactor, config)
         if config.server:
             self.server: ServerCore | None = ServerCore(config, reactor, self.node, pool=pool,
-                                                        members=self._member_facts)
+                                                        members=self._member_facts,
+                                                        replicated=gossip)
             endpoints = self.server.endpoints
             # The server's parts, by the names tests and tools know them.
             self.store, self.fsm, self.raft = self.server.store, self.server.fsm, self.server.raft
@@ -137,6 +140,9 @@ class Agent(MultiService):
                                   plugin_names=lambda: list(self.plugin_names))
         if self.server is not None:
             self.server.raft.add_leadership_listener(self.facade.set_leader_known)
+            self.facade.operator = ServerOperator(self.server, config.node_name)
+        elif isinstance(endpoints, RemoteEndpoints):
+            self.facade.operator = RemoteOperator(endpoints)
         if self.gossip is not None:
             self.facade.gossip = GossipControl(self.gossip, events=self.events, wan=self.wan)
             # Another datacenter is for the endpoints to judge: a server's WAN pool knows
@@ -219,7 +225,13 @@ class Agent(MultiService):
 
     def _members_changed(self) -> None:
         if self.server is not None:
+            self.server.members_changed(self.gossip.members())
             self.server.leader.reconcile_soon()
+
+    def _look_at_servers(self) -> None:
+        # Bootstrapping retries and autopilot's promotions wait on time, not only on changes.
+        if self.server is not None and self.gossip is not None:
+            self.server.members_changed(self.gossip.members())
 
     def _user_event(self, event) -> None:
         self.user_events.append(event)
@@ -275,12 +287,30 @@ class Agent(MultiService):
             if self.server is not None:
                 # Client agents reach this server's endpoints on the server port.
                 self._rpc_port = self.reactor.listenTCP(
-                    self.config.ports.server, RPCServerFactory(EndpointsHandler(self.endpoints)),
+                    self.config.ports.server,
+                    RPCServerFactory(EndpointsHandler(self.endpoints, self.facade.operator),
+                                     self.server.server_port_protocols()),
                     interface=self.config.bind_addr)
+                if self.server.replicated:
+                    self.loops.add(ResilientLoop(self.reactor, "servers", self._look_at_servers,
+                                                 SERVER_LOOK_INTERVAL))
+                    self.loops["servers"].start()
             self.gossip.start()
+            rejoin = self._rejoin_addresses()
+            if rejoin:
+                # Consul rejoins the members it knew (its Serf snapshot); Waypost's servers
+                # rejoin the servers of their address book.
+                self.gossip.join(rejoin).addErrback(lambda f: None)
             if self.wan is not None:
                 self.wan.start()
         super().startService()
+
+    def _rejoin_addresses(self) -> list[str]:
+        server = self.server
+        if server is None or not server.replicated:
+            return []
+        own = f"{self.config.advertise}:{self.config.ports.serf_lan}"
+        return [a for a in server.raft.serf_addresses if a != own]
 
     def _register_config(self, config: AgentConfig) -> None:
         for definition in getattr(config, "services", ()):

@@ -19,7 +19,7 @@ from agent.definitions import (CatalogDeregistration, CatalogRegistration, Check
 from agent.durations import go_duration, parse_duration
 from agent.errors import UnknownDatacenter
 from agent.filter import (CHECK_SERVICE_NODE, HEALTH_CHECK, NODE, NODE_SERVICE, SERVICE_NODE,
-                          Field, Filter, FilterError, compile_filter)
+                          Field, Filter, FilterError, compile_filter, go_quote)
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 SessionTxn, SessionTxnResult, Txn)
 from agent.local import commands as local_commands
@@ -57,7 +57,7 @@ __all__ = [
     "parse_service_definition", "parse_check_definition", "parse_catalog_register",
     "parse_catalog_deregister", "parse_duration", "is_healthy", 
     "Field", "Filter", "FilterError", "compile_filter", "NODE", "NODE_SERVICE", "SERVICE_NODE",
-    "HEALTH_CHECK", "CHECK_SERVICE_NODE",
+    "HEALTH_CHECK", "CHECK_SERVICE_NODE", "go_quote",
 ]
 
 
@@ -106,6 +106,9 @@ class AgentFacade:
         # This agent's gossip (join, leave, force-leave, events, keyring): a GossipControl, or
         # None on an agent without gossip (in-process tests).
         self.gossip: Any = None
+        # The cluster's consensus (Raft configuration, autopilot, snapshots): an
+        # `agent.operator.OperatorControl`, or None on an agent without one.
+        self.operator: Any = None
         # True when requests naming another datacenter go to the endpoints, which forward
         # them or answer "No path to datacenter" (agents with gossip); False: only our own.
         self.forwards_datacenters = False

@@ -32,7 +32,17 @@ from agent.raft.single import SNAPSHOT_INTERVAL, SNAPSHOT_THRESHOLD, SingleServe
 from agent.raft.snapshots import SnapshotError as SnapshotFileError
 from agent.raft.snapshots import SnapshotStore
 from agent.raft.wal import WriteAheadLog
+from agent.autopilot import Autopilot, autopilot_settings
+from agent.durations import go_duration
+from agent.raft.net import RPC_RAFT, RaftTransport
+from agent.raft.replicated import RaftLog
+from agent.raft.replicated import RecoveryError as RaftRecoveryError
+from agent.raft.storage import DiskStorage
+from agent.raft.timing import raft_options, rpc_hold_timeout_of
+from agent.rpc.remote import RemoteEndpoints
 from agent.rpc.server import ServerEndpoints
+from agent.rpc.transport import ConnectionPool
+from agent.servers import ServerDirectory
 from agent.membership import MemberFacts
 from agent.sessions import SessionManager
 from agent.state.snapshot import SnapshotError, read_legacy_file
@@ -65,9 +75,12 @@ class ServerCore:
     def __init__(self, config: AgentConfig, reactor, node: Callable[[], structs.Node], *,
                  pool: ThreadPool | None = None,
                  report_error: Callable[[BaseException], None] | None = None,
-                 members: Callable[[], list[MemberFacts]] = lambda: []) -> None:
+                 members: Callable[[], list[MemberFacts]] = lambda: [],
+                 replicated: bool = False) -> None:
         """`pool` runs the write-ahead log's file work (a pool of the server's own, started by
-        `load_state`, when None); only a non-dev server with a data_dir uses it."""
+        `load_state`, when None); only a non-dev server with a data_dir uses it. With
+        `replicated` (a real agent in a LAN pool) a durable server runs Raft with its peers;
+        otherwise (`-dev`, in-process agents) the one-member log."""
         self.config = config
         self.reactor = reactor
         self._node = node
@@ -75,11 +88,29 @@ class ServerCore:
         # Watchers woken by a write fire on later reactor turns: the writer is answered first.
         self.store = StateStore(defer=lambda f: reactor.callLater(0, f), report_error=report_error)
         self.fsm = FSM(self.store, report_error=report_error, clock=reactor.seconds)
-        threshold, interval, trailing = _raft_settings(config)
-        self.raft = SingleServerLog(reactor, self.fsm, address=config.server_rpc_addr,
-                                    server_id=config.node_id, snapshot_threshold=threshold,
-                                    snapshot_interval=interval, trailing_logs=trailing)
         self.durable = bool(config.data_dir) and not config.dev
+        self.rpc_pool = ConnectionPool(reactor)  # calls to other servers
+        self.raft_transport: RaftTransport | None = None
+        self.directory: ServerDirectory | None = None
+        self.autopilot: Autopilot | None = None
+        if replicated and self.durable:
+            self.raft_transport = RaftTransport(reactor, {})
+            self.raft = RaftLog(
+                reactor, self.fsm, self.raft_transport, server_id=config.node_id,
+                address=config.server_rpc_addr, options=raft_options(config),
+                storage_factory=DiskStorage,
+                address_book=str(Path(config.data_dir) / "raft" / "servers.json"))
+            self.directory = ServerDirectory(
+                self.raft, server_id=config.node_id, datacenter=config.datacenter,
+                bootstrap=config.bootstrap, expect=config.bootstrap_expect,
+                call=self.rpc_pool.call)
+            self.autopilot = Autopilot(reactor, self.raft, lambda: self.directory.servers,
+                                       autopilot_settings(config.settings), version=VERSION)
+        else:
+            threshold, interval, trailing = _raft_settings(config)
+            self.raft = SingleServerLog(reactor, self.fsm, address=config.server_rpc_addr,
+                                        server_id=config.node_id, snapshot_threshold=threshold,
+                                        snapshot_interval=interval, trailing_logs=trailing)
         self._pool = pool
         self._own_pool = pool is None
         self._retire_legacy: Path | None = None
@@ -91,8 +122,38 @@ class ServerCore:
                                    datacenter=lambda: self.config.datacenter)
         self.endpoints = ServerEndpoints(
             reactor, self.store, self.raft, datacenter=lambda: self.config.datacenter,
-            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions)
+            lock_delay_remaining=self.sessions.lock_delay_remaining, session_timers=self.sessions,
+            hold_timeout=rpc_hold_timeout_of(config),
+            forward=(RemoteEndpoints(reactor, self._leader_addresses, pool=self.rpc_pool)
+                     if self.directory is not None else None))
         self.raft.add_leadership_listener(self.leader.leadership_changed)
+        if self.autopilot is not None:
+            self.raft.add_leadership_listener(lambda leading: leading and reactor.callLater(
+                0, self.autopilot.reconcile))
+            self.raft.add_configuration_listener(lambda: reactor.callLater(
+                0, self.autopilot.reconcile))
+
+    @property
+    def replicated(self) -> bool:
+        return self.directory is not None
+
+    def _leader_addresses(self) -> list[str]:
+        address = self.raft.leader_address
+        return [address] if address and address != self.config.server_rpc_addr else []
+
+    def members_changed(self, members: list) -> None:
+        """The LAN pool changed (or the periodic look): learn the servers' addresses,
+        bootstrap when due, and let autopilot adjust the configuration."""
+        if self.directory is None:
+            return
+        self.directory.update(members)
+        self.autopilot.reconcile()
+
+    def server_port_protocols(self) -> dict:
+        """Other protocols of the server port, by their first byte (Raft's 0x01)."""
+        if self.raft_transport is None:
+            return {}
+        return {RPC_RAFT: lambda: self.raft_transport.protocol(expect_type_byte=False)}
 
     def _report_error(self, exc: BaseException) -> None:
         self.log.error("error in a state watcher: {exc!r}", exc=exc)
@@ -116,6 +177,21 @@ class ServerCore:
     def raft_stats(self) -> dict:
         raft = self.raft
         index = str(raft.last_index)
+        if self.replicated:
+            node = raft.node
+            contact = "0" if raft.is_leader else go_duration(raft.last_contact())
+            voters = raft.configuration.voters
+            return {"applied_index": str(raft.applied_index),
+                    "commit_index": str(raft.commit_index), "fsm_pending": "0",
+                    "last_contact": contact, "last_log_index": index,
+                    "last_log_term": str(node.log.last_term if node else 0),
+                    "last_snapshot_index": str(raft.snapshot_index),
+                    "last_snapshot_term": str(raft.snapshot_term),
+                    "num_peers": str(len(voters - {raft.server_id})),
+                    "state": node.role.name.title().replace("_", "") if node else "Follower",
+                    "term": str(raft.term),
+                    "latest_configuration": _configuration_text(raft),
+                    "latest_configuration_index": str(raft.configuration_index)}
         return {"applied_index": str(raft.applied_index), "commit_index": index,
                 "fsm_pending": "0", "last_contact": "0", "last_log_index": index,
                 "last_log_term": str(raft.term),
@@ -162,10 +238,18 @@ class ServerCore:
                 if snapshots.latest_now() is None:
                     legacy = read_legacy_file(legacy_path)  # SnapshotError names the file
                 self._retire_legacy = legacy_path
-            self.raft.recover(wal, snapshots, legacy=legacy)
+            if self.replicated:
+                if legacy is not None:
+                    raise DataDirError(
+                        f"{legacy_path}: a state file of a Waypost before the write-ahead log; "
+                        "start this server once with `-bootstrap` alone to convert it")
+                self.raft.recover(wal, snapshots,
+                                  peers_json=str(Path(data_dir) / "raft" / "peers.json"))
+            else:
+                self.raft.recover(wal, snapshots, legacy=legacy)
         except SnapshotError:
             raise
-        except (LogError, SnapshotFileError, OSError) as exc:
+        except (LogError, SnapshotFileError, OSError, RaftRecoveryError) as exc:
             raise DataDirError(str(exc)) from None
         if legacy is not None:
             self.log.info("restored state at index {index} from {path} (a state file of an "
@@ -178,6 +262,8 @@ class ServerCore:
         """Load the state if not done yet and start the log: the one server wins its
         election at once; the leader duties start once the log is applied to its end."""
         self.load_state()
+        if self.directory is not None:
+            self.directory.start()  # `-bootstrap`: this server's own configuration
         self.raft.start()
         if self._retire_legacy is not None:
             self._retire_legacy_state(self._retire_legacy)
@@ -200,6 +286,7 @@ class ServerCore:
     def stop(self) -> Deferred:
         """Leadership ends (the leader duties stop), then the log closes once what was
         appended is durable, then its pool."""
+        self.rpc_pool.close()
         d = maybeDeferred(self.raft.stop)
         d.addErrback(lambda f: self.log.failure("closing the log failed", f))
         d.addBoth(self._stop_pool)
@@ -208,6 +295,14 @@ class ServerCore:
     def _stop_pool(self, _: Any) -> None:
         if self._own_pool and self._pool is not None and self._pool.started:
             self._pool.stop()
+
+
+def _configuration_text(raft: RaftLog) -> str:
+    """The configuration as hashicorp/raft prints it in Consul's stats."""
+    config = raft.configuration
+    parts = [f"{{Suffrage:{'Voter' if sid in config.voters else 'Nonvoter'} ID:{sid} "
+             f"Address:{raft.addresses.get(sid, '')}}}" for sid in sorted(config.servers)]
+    return "[" + " ".join(parts) + "]"
 
 
 def _raft_settings(config: Any) -> tuple[int, float, int]:

@@ -96,8 +96,6 @@ REFUSED = [
     ({"auto_config": {"enabled": True}}, "auto_config.enabled = true"),
     ({"http_config": {"allow_write_http_from": ["10.0.0.0/8"]}},
      "http_config.allow_write_http_from: limiting HTTP writes"),
-    ({"bootstrap_expect": 3}, "bootstrap_expect = 3: clusters of several servers are not "
-                              "supported yet"),
     ({"server": False, "retry_join_wan": ["10.0.0.1"]},
      "retry_join_wan = \"10.0.0.1\": Must be a server to join WAN cluster"),
     ({"segments": [{"name": "a", "port": 8303}]},

@@ -28,7 +28,7 @@ class ServerProcess(AgentProcess):
     """`waypost agent -server` on a data_dir: the write-ahead log, not -dev's memory."""
 
     def __init__(self, data_dir: Path, *args: str) -> None:
-        super().__init__("-server", "-data-dir", str(data_dir), "-bind", "127.0.0.1",
+        super().__init__("-server", "-bootstrap", "-data-dir", str(data_dir), "-bind", "127.0.0.1",
                          "-client", "127.0.0.1", *args)
         self.args.remove("-dev")
 
@@ -138,7 +138,7 @@ def segment(data_dir: Path) -> tuple[Path, bytes, list[int]]:
 def refused_start(data_dir: Path) -> subprocess.CompletedProcess:
     http_port, dns = free_ports(2)
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli.main", "agent", "-server", "-node", "n1",
+        [sys.executable, "-m", "gateway.cli.main", "agent", "-server", "-bootstrap", "-node", "n1",
          "-data-dir", str(data_dir), "-bind", "127.0.0.1", "-client", "127.0.0.1",
          "-http-port", str(http_port), "-dns-port", str(dns), "-log-level", "warn"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,

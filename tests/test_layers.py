@@ -8,7 +8,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_MAY_USE = {"agent.facade", "agent.structs", "agent.errors", "agent.agent",
                    "agent.config.load", "agent.config.model",
                    # Go durations, pure and Twisted-free: the CLI must not import the core.
-                   "agent.durations"}
+                   "agent.durations",
+                   # Consul's snapshot file format, pure too: the CLI checks files with it.
+                   "agent.snapshot_archive"}
 PLUGINS_MAY_USE = {"gateway.hookspecs"}
 
 

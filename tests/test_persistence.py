@@ -118,7 +118,7 @@ def test_a_damaged_file_is_logged_by_name_and_skipped(tmp_path):
 def agent_command(data_dir: Path, timeout: float = 30) -> subprocess.CompletedProcess:
     http, dns = free_ports(2)
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli.main", "agent", "-server", "-node", "n1",
+        [sys.executable, "-m", "gateway.cli.main", "agent", "-server", "-bootstrap", "-node", "n1",
          "-data-dir", str(data_dir), "-bind", "127.0.0.1", "-client", "127.0.0.1",
          "-http-port", str(http), "-dns-port", str(dns), "-log-level", "warn"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,

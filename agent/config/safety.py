@@ -2,8 +2,7 @@
 
 Owns the list of such settings. Accepting one of them with a warning would fail open: an agent
 with ``acl { enabled = true, default_policy = "deny" }`` would take anonymous writes, one with
-``encrypt`` would gossip in the clear (had it gossip), three servers with ``bootstrap_expect =
-3`` and ``retry_join`` would each lead themselves and their data would diverge. So each of
+``encrypt`` would gossip in the clear. So each of
 them stops start-up (and a reload) with one line saying what is not supported yet.
 
 Settings without such a consequence are accepted with a warning instead
@@ -71,11 +70,6 @@ def refusals(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                                              "blocking HTTP endpoints")):
         if _get(config, key):
             refuse(key, key, f"{what} is not supported yet; " + _GUARD.format(it="it", s="s"))
-    expect = _get(config, "bootstrap_expect")
-    if isinstance(expect, int) and expect > 1:
-        refuse("bootstrap_expect", f"bootstrap_expect = {expect}",
-               "clusters of several servers are not supported yet; each server would lead "
-               "itself and their data would diverge, so refusing to start")
     for key in ("start_join_wan", "retry_join_wan"):
         if _get(config, key) and _get(config, "server") is False:
             refuse(key, f"{key} = {_show(' '.join(config[key]))}", _WAN_JOIN)

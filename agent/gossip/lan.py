@@ -51,7 +51,8 @@ def keyring_of(config: AgentConfig) -> Keyring | None:
 def lan_settings(config: AgentConfig, keyring: Keyring | None) -> PoolSettings:
     port = config.ports.serf_lan
     tags = waypost_agent_tags(node_id=config.node_id, datacenter=config.datacenter,
-                              server=config.server, server_port=config.ports.server)
+                              server=config.server, server_port=config.ports.server,
+                              expect=config.bootstrap_expect, bootstrap=config.bootstrap)
     settings = config.settings
     datacenter = config.datacenter
 
@@ -236,13 +237,14 @@ class LanGossip(PoolMember):
         if isinstance(event, MemberEvent):
             super()._event(event)
             member = event.member
-            if (self.config.server and member.name != self.config.node_name
+            if (self.config.server and (self.config.dev or not self.config.data_dir)
+                    and member.name != self.config.node_name
                     and member.tags.get("wp") == "server"
                     and event.type.value == "member-join"):
-                # Not silent: until Raft (issue 12) each Waypost server keeps its own state.
-                self.log.warn("another Waypost server, {name}, is in this pool: servers do not "
-                              "replicate yet, so each keeps its own catalog and KV store",
-                              name=member.name)
+                # Not silent: a -dev server runs the one-member log and never replicates.
+                self.log.warn("another Waypost server, {name}, is in this pool: this server "
+                              "runs in -dev mode (in memory, alone) and does not replicate "
+                              "with it", name=member.name)
             self._on_members_changed()
         elif isinstance(event, UserEvent):
             self._on_user_event(event)

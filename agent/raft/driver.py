@@ -83,14 +83,15 @@ class RaftDriver:
     def __init__(self, reactor: IReactorTime, node: RaftNode, storage: Storage,
                  transport: Transport, *,
                  apply: Callable[[Entry | Snapshot], None] | None = None,
-                 take_snapshot: Callable[[int], bytes] | None = None,
+                 take_snapshot: Callable[[int], bytes | Deferred | None] | None = None,
                  tick_interval: float | None = None) -> None:
         self.reactor = reactor
         self.node = node
         self.storage = storage
         self.transport = transport
         self.apply = apply
-        self.take_snapshot = take_snapshot  # applied index -> the state machine's bytes
+        # applied index -> the state machine's bytes, a Deferred of them, or None (skip)
+        self.take_snapshot = take_snapshot
         self.tick_interval = tick_interval or node.options.heartbeat_interval / 2
         self._leader_listeners: list[Callable[[LeaderChange], None]] = []
         self._read_listeners: list[Callable[[ReadState], None]] = []
@@ -139,6 +140,19 @@ class RaftDriver:
         result = self.node.propose(self.reactor.seconds(), command)
         self._drain()
         return result
+
+    def propose_entry(self, data: bytes, kind: int) -> int | NotLeader:
+        """`propose` of an entry of another kind for the state machine."""
+        if not self._running:
+            return NotLeader(None, "stopped")
+        result = self.node.propose(self.reactor.seconds(), data, kind)
+        self._drain()
+        return result
+
+    def kick(self) -> None:
+        """Act on what a direct call on the node (a membership change, a transfer) produced."""
+        if self._running:
+            self._drain()
 
     def read_index(self) -> int | NotLeader:
         if not self._running:
@@ -198,7 +212,18 @@ class RaftDriver:
                 listener(change)
         if ready.snapshot_wanted is not None and self.take_snapshot is not None:
             index = ready.snapshot_wanted
-            self.node.snapshot_taken(self.reactor.seconds(), index, self.take_snapshot(index))
+            data = self.take_snapshot(index)
+            if isinstance(data, Deferred):  # encoded over several reactor turns
+                data.addCallback(self._snapshot_encoded, index)
+                data.addErrback(lambda f: self.log.failure(
+                    "taking a Raft snapshot at {index} failed", f, index=index))
+            elif data is not None:  # None: one is being taken already
+                self.node.snapshot_taken(self.reactor.seconds(), index, data)
+
+    def _snapshot_encoded(self, data: bytes | None, index: int) -> None:
+        if data is not None and self._running:
+            self.node.snapshot_taken(self.reactor.seconds(), index, data)
+            self._drain()
 
     def _written(self, _: Any, slot: list) -> None:
         slot[1] = True

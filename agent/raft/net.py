@@ -141,6 +141,8 @@ class _Peer(ClientFactory):
     """The dialler of one peer: at most one connection or attempt at a time, and no new
     attempt within `RETRY_INTERVAL` of the last (dials happen lazily, on a send)."""
 
+    noisy = False
+
     def __init__(self, transport: RaftTransport, address: Address) -> None:
         self.owner = transport
         self.address = address
@@ -184,7 +186,13 @@ class RaftTransport:
         self.dropped = 0  # frames not sent: peer unreachable or too slow
 
     def set_peer(self, server_id: str, address: Address) -> None:
-        self._peers.setdefault(server_id, _Peer(self, address))
+        """Where `server_id` listens; a changed address drops the old connection."""
+        peer = self._peers.get(server_id)
+        if peer is not None and peer.address == address:
+            return
+        if peer is not None and peer.conn is not None and peer.conn.transport is not None:
+            peer.conn.transport.loseConnection()
+        self._peers[server_id] = _Peer(self, address)
 
     def protocol(self, expect_type_byte: bool = True) -> RaftStreamProtocol:
         """A receiving protocol, for our listener or for a server-port dispatcher."""

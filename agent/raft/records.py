@@ -47,6 +47,7 @@ MAX_ENTRY_BYTES = 64 * 1024 * 1024
 COMMAND = 0
 NOOP = 1
 CONFIGURATION = 2
+RESTORE = 3  # an operator's snapshot restore: the whole state, replacing the FSM's
 
 # Indexes and terms stay below 2**48 (at 50,000 appends/s that is 178 years), so the top two
 # bytes of both are zero in every record: searching for that pattern lets recovery skip

@@ -18,6 +18,7 @@ an immutable image of the state, and the log is compacted behind them.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable
 
@@ -29,10 +30,11 @@ from agent.errors import NoLeader, UnknownCommand
 from agent.fsm.apply import FSM
 from agent.fsm.table import encode_command
 from agent.raft.log import LogStore, MemoryLog
-from agent.raft.records import COMMAND, CONFIGURATION, Entry, LogError
+from agent.raft.records import COMMAND, CONFIGURATION, RESTORE, Entry, LogError
 from agent.raft.snapshots import SnapshotStore
 from agent.rpc.options import WriteResult
-from agent.state.snapshot import Capture, StoreImage, encode_capture, read_image
+from agent.state.snapshot import (Capture, StoreImage, encode_capture, encode_chunks,
+                                  read_image, restore_entry)
 
 txaio.use_twisted()
 
@@ -138,6 +140,23 @@ class SingleServerLog:
         waiter: Deferred = Deferred()
         self._append(COMMAND, data, waiter)
         return waiter
+
+    def apply_restore(self, state: bytes) -> Deferred:
+        """Replace the state with `state` (a snapshot body) through the log."""
+        if not self._leader:
+            return fail(NoLeader())
+        try:
+            read_image(io.BytesIO(state), "the snapshot to restore")
+        except Exception:  # noqa: BLE001 - SnapshotError names the problem
+            return fail()
+        waiter: Deferred = Deferred()
+        self._append(RESTORE, state, waiter)
+        return waiter
+
+    def capture_state(self) -> Deferred:
+        """The state as of now, as a snapshot body (an operator's snapshot)."""
+        image = self._fsm.capture()
+        return succeed(b"".join(encode_chunks(image, {"configuration": self.configuration})))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -291,6 +310,8 @@ class SingleServerLog:
             result = self._fsm.apply_entry(entry.index, entry.data)
         elif entry.kind == CONFIGURATION:
             self.configuration = json.loads(entry.data)
+        elif entry.kind == RESTORE:
+            restore_entry(self._fsm, entry)
         self._applied, self._applied_term = entry.index, entry.term
         return result
 

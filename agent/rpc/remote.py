@@ -144,6 +144,10 @@ class RemoteEndpoints:
         d.addCallback(lambda body: WriteResult(*wire.decode_write_result(command, body)))
         return d
 
+    def call(self, method: str, body: Any, timeout: float = CALL_TIMEOUT) -> Deferred:
+        """Any other server RPC method (the operator's); never sent twice."""
+        return self._call(method, body, timeout, resend=False)
+
     def _call(self, endpoint: str, args: dict, timeout: float, *, resend: bool) -> Deferred:
         servers = self._servers()
         if not servers:
@@ -262,12 +266,24 @@ class EndpointsHandler:
     """A server's answer to each call on its server port: the wire codec around its
     `ServerEndpoints` (net/rpc's error texts for a method nobody serves)."""
 
-    def __init__(self, endpoints: Any) -> None:
+    def __init__(self, endpoints: Any, operator: Any = None) -> None:
+        """`operator` (an `agent.cluster_operator.ServerOperator`) answers the operator's
+        methods; None: they are unknown here."""
         self._endpoints = endpoints
+        self._operator = operator
 
     def __call__(self, method: str, body: Any) -> Any:
         if method == "Status.Ping":
             return {}
+        if self._operator is not None:
+            from agent.cluster_operator import operator_rpc
+            answer = operator_rpc(self._operator, method, body)
+            if answer is not None:
+                return answer
+        if method == "Status.Peers":
+            return list(self._endpoints.peers())
+        if method == "Status.Leader":
+            return self._endpoints.leader()
         if method in wire.READ_SPECS:
             query, options = wire.decode_read(method, body)
             d = maybeDeferred(self._endpoints.read, query, options)
@@ -278,7 +294,7 @@ class EndpointsHandler:
             return d.addCallback(lambda r: wire.encode_write_result(command, r.index, r.value))
         service = method.partition(".")[0]
         known = {name.partition(".")[0] for name in (*wire.READ_SPECS, *wire.WRITE_ENDPOINTS,
-                                                     "Status.Ping")}
+                                                     "Status.Ping", "Status.Peers")}
         if service in known:
             raise WaypostError(f"rpc: can't find method {method}")
         raise WaypostError(f"rpc: can't find service {method}")

@@ -16,11 +16,12 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.python.failure import Failure
 
 from agent import structs
 from agent.durations import go_duration
-from agent.errors import InvalidRequest, NoLeader, UnknownDatacenter, WaypostError
+from agent.errors import InvalidRequest, NoLeader, NoServers, UnknownDatacenter, WaypostError
 from agent.fsm.commands import (Deregister, KVOperation, Register, SessionCreate, SessionDestroy,
                                 SessionTxn, SessionTxnResult, Txn)
 from agent.rpc import queries as q
@@ -38,12 +39,14 @@ from agent.rpc.options import (
 )
 from agent.rpc.reads import READS
 from agent.rpc.requests import SessionRenew
+from agent.rpc.transport import RPCConnectionError
 from agent.state.txn import WRITE_VERBS, precheck, run_txn
 from agent.structs import Session
 
 # What Consul reports as the effective consistency of each mode.
 _EFFECTIVE = {DEFAULT: "leader", STALE: "stale", CONSISTENT: "consistent"}
 _MEMO_LIMIT = 4096
+_HOLD_POLL = 0.02  # how often a request held for a leader looks again (no network cost)
 
 
 class ServerEndpoints:
@@ -53,10 +56,17 @@ class ServerEndpoints:
                  lock_delay_remaining: Callable[[str], float],
                  session_timers=None, rng: random.Random | None = None,
                  new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
-                 other_datacenters: Any = None) -> None:
+                 other_datacenters: Any = None, hold_timeout: float = 7.0,
+                 forward: Any = None) -> None:
         """`other_datacenters` (an `agent.gossip.wan.Datacenters`: `names()`, `endpoints(dc)`)
-        is the way to other datacenters; None: only our own is reachable."""
+        is the way to other datacenters; None: only our own is reachable. `forward` (the
+        endpoints of the current leader, over the server RPC) is where a follower sends what
+        only the leader answers; without it this server only ever answers for itself.
+        `hold_timeout` is Consul's rpc_hold_timeout: how long such a request waits for a
+        leader before failing with "No cluster leader"."""
         self._reactor = reactor
+        self._forward = forward
+        self._hold_timeout = hold_timeout
         self.other_datacenters = other_datacenters
         self._store = store
         self._log = log
@@ -87,8 +97,63 @@ class ServerEndpoints:
         return self._log.leader_address
 
     def peers(self) -> list[str]:
-        address = self._log.leader_address
-        return [address] if address else []
+        """The voters' server addresses, as Consul's /v1/status/peers."""
+        if self._forward is None:
+            address = self._log.leader_address
+            return [address] if address else []
+        log = self._log
+        return sorted(log.addresses.get(sid, "") for sid in log.configuration.voters
+                      if log.addresses.get(sid))
+
+    # --- the leader, here or there --------------------------------------------------------------
+
+    def _leader_ready(self) -> bool:
+        return getattr(self._log, "is_ready_leader", self._log.is_leader)
+
+    def at_leader(self, here: Callable[[], Any], there: Callable[[Any], Any]) -> Deferred:
+        """Run `here()` once this server is a leader ready to serve, or `there(endpoints)` on
+        the leader's endpoints; with no leader, retry until `hold_timeout`, then NoLeader
+        ("No cluster leader"). `there` is retried only on failures that prove the request was
+        not carried out (no leader there, or a connection that never sent it)."""
+        deadline = self._reactor.seconds() + self._hold_timeout
+        result: Deferred = Deferred()
+
+        def attempt() -> None:
+            if result.called:
+                return
+            forwarded = False
+            try:
+                if self._leader_ready():
+                    d = maybeDeferred(here)
+                elif self._log.leader_address and not self._log.is_leader:
+                    forwarded = True
+                    d = maybeDeferred(there, self._forward)
+                else:
+                    wait()
+                    return
+            except Exception:  # noqa: BLE001
+                result.errback()
+                return
+            d.addCallbacks(lambda v: result.called or result.callback(v),
+                           lambda f: failed(f, forwarded))
+
+        def wait() -> None:
+            if self._reactor.seconds() >= deadline:
+                result.errback(NoLeader())
+            else:
+                self._reactor.callLater(_HOLD_POLL, attempt)
+
+        def failed(f: Failure, forwarded: bool) -> None:
+            if result.called:
+                return
+            unsent = f.check(RPCConnectionError) and not f.value.sent
+            if forwarded and (f.check(NoLeader, NoServers) or unsent):
+                wait()
+            else:
+                result.errback(f)
+
+        attempt()
+        return result
 
     def last_contact(self) -> float:
         return self._log.last_contact()
@@ -104,7 +169,7 @@ class ServerEndpoints:
             if max_stale > 0 and self._log.last_contact() > max_stale:
                 return None
             return self._store.index
-        if consistency == DEFAULT and self._log.is_leader:
+        if consistency == DEFAULT and self._leader_ready():
             return self._store.index
         return None
 
@@ -118,6 +183,20 @@ class ServerEndpoints:
             names = (self.other_datacenters.names() if self.other_datacenters is not None
                      else [self._datacenter()])
             return ReadResult(names, QueryMeta(index=0))
+        if self._forward is not None and self._leader_only(options):
+            # What only the leader answers, answered by the leader (Consul forwards too).
+            if options.consistency == STALE:
+                options = replace(options, consistency=DEFAULT)
+            return self.at_leader(lambda: self._read_here(query, options),
+                                   lambda leader: leader.read(query, options))
+        return self._read_here(query, options)
+
+    def _leader_only(self, options: QueryOptions) -> bool:
+        if options.consistency != STALE:
+            return True
+        return options.max_stale > 0 and self._log.last_contact() > options.max_stale
+
+    def _read_here(self, query: Any, options: QueryOptions) -> ReadResult | Deferred:
         if isinstance(query, q.SessionExpiries):
             return self._session_expiries(query)
         spec = READS[type(query)]
@@ -187,6 +266,9 @@ class ServerEndpoints:
             handler = self._WRITES.get(type(command))
             if handler is None:
                 raise InvalidRequest(f"no endpoint takes {type(command).__name__}")
+            if self._forward is not None:
+                return self.at_leader(lambda: handler(self, command),
+                                       lambda leader: leader.write(command, request))
             return handler(self, command)
         except Exception:  # noqa: BLE001 - one failure path for the caller, as a Deferred
             return fail()

@@ -2,8 +2,9 @@
 connections.
 
 The first byte of a connection selects the protocol, as Consul's `pool.RPCType`: 0x00
-RPCConsul is served; every other byte (0x01 Raft, multiplexing, TLS, ...) is refused with a
-log line and the connection closed (Raft between servers arrives in a later issue). RPCConsul
+RPCConsul is served; 0x01 Raft is handed to the server's Raft transport when it runs one;
+every other byte (multiplexing, TLS, ...) is refused with a log line and the connection
+closed. RPCConsul
 is net/rpc with hashicorp/net-rpc-msgpackrpc: a stream of msgpack objects, a request header
 {ServiceMethod, Seq} then its body, answered by a header {ServiceMethod, Seq, Error} then a
 body, in any order (calls are matched by Seq, so one connection carries many at once).
@@ -71,8 +72,10 @@ Handler = Callable[[str, Any], Any]  # (ServiceMethod, body) -> body, or a Defer
 class RPCServerProtocol(Protocol):
     log = txaio.make_logger()
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler,
+                 others: dict[int, Callable[[], Protocol]] | None = None) -> None:
         self._handler = handler
+        self._others = others or {}
         self._mode: int | None = None
         self._unpacker = _unpacker()
         self._header: dict | None = None
@@ -85,6 +88,10 @@ class RPCServerProtocol(Protocol):
         if self._mode is None:
             self._mode = data[0]
             data = data[1:]
+            other = self._others.get(self._mode)
+            if other is not None:
+                self._hand_over(other(), data)
+                return
             if self._mode != RPC_CONSUL:
                 name = RPC_NAMES.get(self._mode, "unknown")
                 self.log.warn("refusing a server-port connection from {peer}: protocol byte "
@@ -102,6 +109,15 @@ class RPCServerProtocol(Protocol):
             self.log.warn("closing the RPC connection from {peer}: {exc}", peer=self._peer(),
                           exc=f"{type(exc).__name__}: {exc}"[:200])
             self._close()
+
+    def _hand_over(self, proto: Protocol, data: bytes) -> None:
+        """Give the connection to the protocol its first byte selected (Raft's 0x01)."""
+        self._closed = True
+        transport = self.transport
+        transport.protocol = proto  # the reactor delivers further reads to it
+        proto.makeConnection(transport)
+        if data:
+            proto.dataReceived(data)
 
     def _message(self, obj: Any) -> None:
         if self._header is None:
@@ -160,11 +176,15 @@ class RPCServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler,
+                 others: dict[int, Callable[[], Protocol]] | None = None) -> None:
+        """`others` maps another protocol byte (0x01 Raft) to a factory of the protocol that
+        takes such a connection over once its first byte is read."""
         self._handler = handler
+        self.others = others if others is not None else {}
 
     def buildProtocol(self, addr) -> RPCServerProtocol:
-        return RPCServerProtocol(self._handler)
+        return RPCServerProtocol(self._handler, self.others)
 
 
 # --- client ----------------------------------------------------------------------------------

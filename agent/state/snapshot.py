@@ -16,9 +16,10 @@ leaves the store as it was.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any, Iterator
 
 from agent.state import codec
@@ -332,3 +333,14 @@ def _rows(data: dict, key: str, decode) -> list:
     if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
         raise ValueError(f"{key} is not a list of objects")
     return [decode(r) for r in raw]
+
+
+def restore_entry(fsm: Any, entry: Any) -> None:
+    """Apply an operator's snapshot restore (a log entry whose data is a snapshot body): the
+    state is replaced, and every table moves to the entry's index, so every blocking query
+    wakes and no index goes backwards."""
+    image, _ = read_image(io.BytesIO(entry.data), f"the snapshot restored at {entry.index}")
+    at = entry.index
+    image = replace(image, index=at, table_index={k: at for k in image.table_index},
+                    kv_index=at, sessions_index=at)
+    fsm.restore(image)

@@ -19,9 +19,9 @@ def flag_set() -> FlagSet:
                   help="Start a single in-memory server on 127.0.0.1 with everything enabled.")
             .bool("server", default=None, help="Run as a server.")
             .bool("bootstrap", default=None,
-                  help="Elect this server leader without peers. Not supported yet.")
+                  help="Bootstrap a cluster of this server alone (first start only).")
             .int("bootstrap-expect", default=None,
-                 help="Servers to wait for before bootstrapping. Not supported yet.")
+                 help="Servers to wait for before bootstrapping the cluster.")
             .string("node", help="Name of this node (default: the host name).")
             .string("node-id", help="A UUID for this node.")
             .string("datacenter", help="Datacenter of this agent (default dc1).")

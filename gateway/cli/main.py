@@ -32,9 +32,11 @@ from gateway.cli.commands import (
     lock,
     maint,
     members,
+    operator,
     reload,
     services,
     sidekick,
+    snapshot,
     template,
     watch,
 )
@@ -69,7 +71,9 @@ def _commands() -> Mapping[str, Command | Group]:
         "watch": watch.COMMAND,
         "template": template.COMMAND,
         "lock": lock.COMMAND,
+        "operator": operator.GROUP,
         "sidekick": sidekick.COMMAND,
+        "snapshot": snapshot.GROUP,
     }
 
 

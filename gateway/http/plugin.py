@@ -14,6 +14,8 @@ from gateway.http import events
 from gateway.http.api import HTTPAPI
 from gateway.http.handlers import (
     agent, catalog, coordinate, health, keyring, kv, maintenance, members, session, status, txn)
+from gateway.http.handlers import operator
+from gateway.http.handlers import snapshot
 from gateway.http.listen import HTTPListenerService, http_endpoint, listen_backlog
 from gateway.http.protocol import HTTPFactory
 from gateway.http.request import Request, Response
@@ -106,6 +108,14 @@ def build_routes() -> RouteTable:
     t.add("/v1/agent/reload", PUT, maintenance.reload, local=True)
     t.add("/v1/operator/keyring", GET + ("POST",) + PUT + DELETE, keyring.keyring,
           local=True)
+    t.add("/v1/operator/raft/configuration", GET, operator.raft_configuration)
+    # Local: Consul checks ?id/?address before the datacenter; the handler does both.
+    t.add("/v1/operator/raft/peer", DELETE, operator.raft_peer, local=True)
+    t.add("/v1/operator/raft/transfer-leader", ("POST",), operator.raft_transfer_leader,
+          local=True)
+    t.add("/v1/operator/autopilot/health", GET, operator.autopilot_health)
+    t.add("/v1/operator/autopilot/configuration", GET, operator.autopilot_configuration)
+    t.add("/v1/snapshot", ("GET",) + PUT, snapshot.snapshot)
     # Coordinates are this agent's gossip view (see the handlers' module), so ?dc does not apply.
     t.add("/v1/coordinate/datacenters", GET, coordinate.datacenters, local=True)
     t.add("/v1/coordinate/nodes", GET, coordinate.nodes, local=True)
@@ -140,6 +150,7 @@ def make_http_service(facade, reactor, hooks: Any = None) -> HTTPListenerService
         hooks.http_routes(PluginRoutes(routes))
     api = HTTPAPI(facade, reactor, routes)
     factory = HTTPFactory(api, reactor, max_body=config.max_body_bytes,
+                          body_limits={b"/v1/snapshot": snapshot.MAX_ARCHIVE},
                           max_conns_per_client=conns_per_client(config))
 
     def reloaded(new: Any) -> None:

@@ -118,7 +118,7 @@ class HTTPProtocol(Protocol):
                  "_linger_call", "_in_head", "_head_read", "_chunk_open", "_held", "_line_open",
                  "_held_len", "_held_tail", "_headers", "_url", "_repeated", "_body", "_spill",
                  "_body_len", "_head_size", "_fields", "_request_headers", "_client",
-                 "_last_active", "_idle_call", "_peer_key")
+                 "_last_active", "_idle_call", "_peer_key", "_body_cap")
 
     def __init__(self) -> None:
         self._peer_key: str | None = None  # the client IP its factory counts it under
@@ -306,9 +306,13 @@ class HTTPProtocol(Protocol):
             for key, values in self._repeated.items():
                 headers[key] = ", ".join(values)
             self._repeated = None
+        cap = self._max_body
+        if self.factory.body_limits:  # a few paths (/v1/snapshot) take larger bodies
+            cap = self.factory.body_limits.get(self._url.partition(b"?")[0], cap)
+        self._body_cap = cap
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._reject(413, _BODY_TOO_LARGE.format(self._max_body))
+        if length is not None and length.isdigit() and int(length) > cap:
+            self._reject(413, _BODY_TOO_LARGE.format(cap))
         expect = headers.get("expect")
         if (expect is not None and expect.lower() == "100-continue"
                 and self._parser.get_http_version() == "1.1"):
@@ -325,8 +329,8 @@ class HTTPProtocol(Protocol):
 
     def on_body(self, body: bytes) -> None:
         size = self._body_len + len(body)
-        if size > self._max_body:
-            self._reject(413, _BODY_TOO_LARGE.format(self._max_body))
+        if size > self._body_cap:
+            self._reject(413, _BODY_TOO_LARGE.format(self._body_cap))
         self._body_len = size
         if self._chunk_open:
             self._chunk_open = False
@@ -605,8 +609,11 @@ class HTTPFactory(Factory):
                  reactor: Any, *, max_body: int = 8 * 1024 * 1024,
                  max_header_bytes: int = 1024 * 1024,
                  max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
-                 max_conns_per_client: int = 0, idle_timeout: float = 600.0) -> None:
+                 max_conns_per_client: int = 0, idle_timeout: float = 600.0,
+                 body_limits: dict[bytes, int] | None = None) -> None:
         self.handler = handler
+        # Raw request paths whose bodies may exceed `max_body`, with their own cap.
+        self.body_limits = dict(body_limits or {})
         self.reactor = reactor
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes

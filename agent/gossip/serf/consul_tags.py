@@ -51,9 +51,14 @@ def consul_agent_tags(*, node_id: str, datacenter: str, server: bool, segment: s
     return tags
 
 
+WAYPOST_EXPECT_TAG = "wp_expect"
+WAYPOST_BOOTSTRAP_TAG = "wp_bootstrap"
+
+
 def waypost_agent_tags(*, node_id: str, datacenter: str, server: bool,
                        server_port: int | None = None, segment: str = "",
-                       acls: str = "0") -> dict[str, str]:
+                       acls: str = "0", expect: int = 0,
+                       bootstrap: bool = False) -> dict[str, str]:
     """What a Waypost agent advertises: Consul's client tags plus Waypost's own."""
     tags = consul_agent_tags(node_id=node_id, datacenter=datacenter, server=False,
                              segment=segment, build=WAYPOST_BUILD, acls=acls)
@@ -62,6 +67,12 @@ def waypost_agent_tags(*, node_id: str, datacenter: str, server: bool,
         if server_port is None:
             raise ValueError("a Waypost server must advertise its server port")
         tags[WAYPOST_PORT_TAG] = str(server_port)
+        # Consul's `expect` and `bootstrap` tags, under Waypost's names: servers count the
+        # servers expecting the same cluster size before bootstrapping it.
+        if expect:
+            tags[WAYPOST_EXPECT_TAG] = str(expect)
+        if bootstrap:
+            tags[WAYPOST_BOOTSTRAP_TAG] = "1"
     return tags
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from enum import Enum
 
-from agent.raft.records import COMMAND, CONFIGURATION, Entry, HardState
+from agent.raft.records import COMMAND, CONFIGURATION, NOOP, Entry, HardState
 
 from .log import MemoryLog
 from .membership import ChangeKind, Configuration
@@ -94,7 +94,22 @@ class RaftNode:
         return (self.leader_id is not None
                 and now - self._leader_contact < self.options.election_timeout)
 
+    @property
+    def leader_contact(self) -> float:
+        """When the current leader was last heard from (-inf: never; now, on the leader)."""
+        return self.now if self.role is Role.LEADER else self._leader_contact
+
     # --- inputs ---------------------------------------------------------------------------
+
+    def campaign_now(self, now: float) -> bool:
+        """Start an election at once instead of at the election timeout: for a server that is
+        the only voter of its configuration (a restarted `-bootstrap` server), whose election
+        cannot compete with anyone. Returns whether one was started."""
+        self.now = now
+        if self.role is Role.LEADER or self.config.voters != frozenset({self.id}):
+            return False
+        self._start_pre_vote(now) if self.options.pre_vote else self._campaign(now)
+        return True
 
     def tick(self, now: float) -> None:
         self.now = now
@@ -145,13 +160,16 @@ class RaftNode:
         handler = _HANDLERS[type(msg)]
         handler(self, now, msg)
 
-    def propose(self, now: float, command: bytes) -> int | NotLeader:
+    def propose(self, now: float, command: bytes, kind: int = COMMAND) -> int | NotLeader:
         """Append `command` to the log; returns its index (it commits later, or is lost
-        if leadership is: watch `committed` for that index and this term)."""
+        if leadership is: watch `committed` for that index and this term). `kind` is the
+        entry's kind for the state machine (configurations go through change_membership)."""
         self.now = now
+        if kind in (CONFIGURATION, NOOP):
+            raise ValueError("configurations and no-ops are Raft's own entries")
         if self.role is not Role.LEADER:
             return NotLeader(self.leader_id)
-        return self.leader.propose(now, COMMAND, command)
+        return self.leader.propose(now, kind, command)
 
     def read_index(self, now: float) -> int | NotLeader:
         """Start a linearizable read: returns a token that comes back in `Ready.reads` once a

@@ -1,0 +1,653 @@
+"""`RaftLog`: the core's `ReplicatedLog` across servers — a `RaftNode` on the reactor
+(`RaftDriver`), its writes on the WAL and snapshot store (`DiskStorage`), its messages on the
+server port (`RaftTransport`), committed entries applied to the FSM.
+
+What the rest of the server sees:
+- `apply(command)` proposes on the leader and fires with a `WriteResult` once the entry is
+  committed and applied here; it fails with `NoLeader` on a follower (the endpoints forward
+  before that) and with `LeadershipLost` when leadership ends first (the write may or may not
+  commit later, as in Consul).
+- Leadership listeners hear True once this server leads *and* applied its no-op of the term,
+  which commits everything earlier: a new leader never serves a state missing a write
+  acknowledged before it was elected. They hear False as soon as it stops leading.
+- `verify_leader()` is Raft's read index: a quorum confirms this server still leads after the
+  read began, then the read waits until that commit index is applied here.
+- Servers are known by their node ID; their server-port addresses come from gossip
+  (`set_address`) and, for a restart before gossip has spoken, from the last snapshot and the
+  address book kept beside the log.
+
+Recovery: the newest snapshot is restored into the FSM and the log after it handed to the
+node; those entries are applied only once a leader's commit index covers them. A log written by
+a one-member log of an older Waypost (configuration entries in JSON) is read as well.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from dataclasses import replace
+from typing import Any, Callable, Iterator
+
+import txaio
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from agent.errors import NoLeader, WaypostError
+from agent.fsm.apply import FSM
+from agent.fsm.table import encode_command
+from agent.raft.consensus import (ChangeKind, Configuration, InvalidChange, LeaderChange,
+                                  NotLeader, Options, RaftNode, ReadState, Role, Snapshot)
+from agent.raft.driver import RaftDriver
+from agent.raft.log import LogStore
+from agent.raft.records import COMMAND, CONFIGURATION, RESTORE, Entry, HardState
+from agent.raft.snapshots import SnapshotStore
+from agent.rpc.options import WriteResult
+from agent.state.snapshot import Capture, encode_capture, read_image, restore_entry
+
+txaio.use_twisted()
+
+REPLAY_BATCH_BYTES = 8 * 1024 * 1024
+SNAPSHOT_TURN_CHUNKS = 8  # encoded chunks per reactor turn while taking a snapshot
+
+
+class LeadershipLost(WaypostError):
+    """This server stopped leading before the write committed (it may still commit)."""
+
+    def __init__(self) -> None:
+        super().__init__("leadership lost while committing log")
+
+
+class RecoveryError(WaypostError):
+    """data_dir's log and snapshots cannot be brought back; the message says why."""
+
+
+def decode_configuration(data: bytes) -> Configuration:
+    """A configuration entry: Raft's msgpack, or the JSON a one-member log of an older
+    Waypost wrote (`{"servers": [{"id", "address", "suffrage"}]}`)."""
+    if data[:1] == b"{":
+        servers = json.loads(data)["servers"]
+        return Configuration.of([s["id"] for s in servers if s.get("suffrage") == "voter"],
+                                tuple(s["id"] for s in servers if s.get("suffrage") != "voter"))
+    return Configuration.decode(data)
+
+
+def configuration_doc(config: Configuration) -> dict:
+    return {"voters": sorted(config.voters), "nonvoters": sorted(config.nonvoters)}
+
+
+def _config_from_header(header: dict) -> Configuration:
+    doc = header.get("configuration") or {}
+    if "servers" in doc:  # a one-member log's snapshot
+        return decode_configuration(json.dumps(doc).encode())
+    return Configuration.of(list(doc.get("voters", ())), tuple(doc.get("nonvoters", ())))
+
+
+class RaftLog:
+    """See the module docstring. Build it, `recover(...)`, then `start()`."""
+
+    log = txaio.make_logger()
+
+    def __init__(self, reactor, fsm: FSM, transport, *, server_id: str, address: str,
+                 options: Options, rng: random.Random | None = None,
+                 storage_factory: Callable[[LogStore, SnapshotStore | None], Any] | None = None,
+                 address_book: str | None = None) -> None:
+        self._reactor = reactor
+        self._fsm = fsm
+        self._transport = transport
+        self.server_id = server_id
+        self.address = address
+        self.options = options
+        self._rng = rng or random.SystemRandom()
+        self._storage_factory = storage_factory
+        self._book_path = address_book
+        self.addresses: dict[str, str] = {server_id: address}  # server ID -> "host:port"
+        self.names: dict[str, str] = {}  # server ID -> node name (from gossip)
+        self.node: RaftNode | None = None
+        self.driver: RaftDriver | None = None
+        self._wal: LogStore | None = None
+        self._snapshots: SnapshotStore | None = None
+        self._listeners: list[Callable[[bool], None]] = []
+        self._config_listeners: list[Callable[[], None]] = []
+        self._pending: dict[int, tuple[int, Deferred | None]] = {}
+        self._reads: dict[int, Deferred] = {}
+        self._applied_waits: list[tuple[int, Deferred]] = []
+        self._ready = False
+        self._ready_at: int | None = None
+        self._applied = 0
+        self._applied_term = 0
+        self._capture: Capture | None = None
+        self._snapshotting = False
+        self._started_at = reactor.seconds()
+        self._stopped = False
+        self._recovered_peers: str | None = None  # peers.json consumed at recovery
+        self._pending_recovery_entry: Entry | None = None
+        self._serf: dict[str, str] = {}  # server ID -> its Serf LAN "host:port"
+        self.serf_addresses: list[str] = []  # from the address book: where to rejoin
+
+    # --- ReplicatedLog ------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node is not None and self.node.role is Role.LEADER and not self._stopped
+
+    @property
+    def is_ready_leader(self) -> bool:
+        """Leading, with everything committed before this term applied."""
+        return self.is_leader and self._ready
+
+    @property
+    def leader_id(self) -> str | None:
+        return None if self.node is None or self._stopped else self.node.leader_id
+
+    @property
+    def leader_address(self) -> str:
+        leader = self.leader_id
+        return self.addresses.get(leader, "") if leader else ""
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def term(self) -> int:
+        return self.node.term if self.node is not None else 0
+
+    @property
+    def last_index(self) -> int:
+        return self.node.log.last_index if self.node is not None else 0
+
+    @property
+    def commit_index(self) -> int:
+        return self.node.commit_index if self.node is not None else 0
+
+    @property
+    def snapshot_index(self) -> int:
+        snap = self.node.snapshot if self.node is not None else None
+        return snap.index if snap else 0
+
+    @property
+    def snapshot_term(self) -> int:
+        snap = self.node.snapshot if self.node is not None else None
+        return snap.term if snap else 0
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.node.config if self.node is not None else Configuration()
+
+    @property
+    def configuration_index(self) -> int:
+        return self.node.config_index if self.node is not None else 0
+
+    @property
+    def bootstrapped(self) -> bool:
+        """True once this server has a configuration (its own, or from a leader)."""
+        node = self.node
+        return node is not None and (bool(node.config.servers) or node.log.last_index > 0
+                                     or node.term > 0)
+
+    def last_contact(self) -> float:
+        node = self.node
+        if node is None or self.is_leader:
+            return 0.0
+        contact = node.leader_contact
+        now = self._reactor.seconds()
+        if contact == float("-inf"):
+            return now - self._started_at
+        return max(0.0, now - contact)
+
+    def add_leadership_listener(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_leadership_listener(self, listener: Callable[[bool], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def add_configuration_listener(self, listener: Callable[[], None]) -> None:
+        """Called after a configuration entry is applied (autopilot re-examines the servers)."""
+        self._config_listeners.append(listener)
+
+    def apply(self, command: Any) -> Deferred:
+        try:
+            data = encode_command(command)
+        except Exception:  # noqa: BLE001 - the caller gets it as a failed Deferred
+            return fail()
+        return self._propose(data, COMMAND)
+
+    def apply_restore(self, state: bytes) -> Deferred:
+        """Replace every server's state with `state` (a snapshot body), through the log."""
+        try:
+            read_image(io.BytesIO(state), "the snapshot to restore")
+        except Exception:  # noqa: BLE001 - SnapshotError names the problem
+            return fail()
+        return self._propose(state, RESTORE)
+
+    def _propose(self, data: bytes, kind: int) -> Deferred:
+        if self.driver is None or not self.is_leader:
+            return fail(NoLeader())
+        result = self.driver.propose_entry(data, kind)
+        if isinstance(result, NotLeader):
+            return fail(NoLeader())
+        waiter: Deferred = Deferred()
+        self._pending[result] = (self.node.term, waiter)
+        return waiter
+
+    def verify_leader(self) -> Deferred:
+        if self.driver is None or not self.is_leader:
+            return fail(NoLeader())
+        token = self.driver.read_index()
+        if isinstance(token, NotLeader):
+            return fail(NoLeader())
+        d: Deferred = Deferred()
+        self._reads[token] = d
+        return d
+
+    def wait_applied(self, index: int) -> Deferred:
+        """Fires once this server applied through `index`."""
+        if self._applied >= index:
+            return succeed(self._applied)
+        d: Deferred = Deferred()
+        self._applied_waits.append((index, d))
+        return d
+
+    # --- membership and leadership --------------------------------------------------------------
+
+    def change(self, kind: ChangeKind, server_id: str) -> Deferred:
+        """Propose one membership change; fires once it is applied here (committed)."""
+        if self.driver is None or not self.is_leader:
+            return fail(NoLeader())
+        try:
+            result = self.node.change_membership(self._reactor.seconds(), kind, server_id)
+        except InvalidChange as exc:
+            return fail(exc)
+        self.driver.kick()
+        if isinstance(result, NotLeader):
+            return fail(NoLeader())
+        waiter: Deferred = Deferred()
+        self._pending[result] = (self.node.term, waiter)
+        return waiter
+
+    def transfer_leadership(self, target: str | None = None) -> str:
+        """Start handing leadership to `target` (the most up-to-date voter when None); returns
+        the target. Raises NoLeader here on a follower, InvalidChange for a bad target."""
+        if self.driver is None or not self.is_leader:
+            raise NoLeader()
+        result = self.node.transfer_leadership(self._reactor.seconds(), target)
+        self.driver.kick()
+        if isinstance(result, NotLeader):
+            raise InvalidChange(result.reason)
+        return result
+
+    def set_address(self, server_id: str, address: str, name: str = "") -> None:
+        """Where `server_id`'s server port is (learned from gossip)."""
+        if name:
+            self.names[server_id] = name
+        if server_id == self.server_id or self.addresses.get(server_id) == address:
+            return
+        self.addresses[server_id] = address
+        host, _, port = address.rpartition(":")
+        self._transport.set_peer(server_id, (host, int(port)))
+        self._save_book()
+
+    def peer_progress(self) -> dict[str, tuple[int, float]]:
+        """On the leader: each follower's (match index, seconds since it last answered)."""
+        node = self.node
+        if node is None or node.leader is None:
+            return {}
+        now = self._reactor.seconds()
+        return {peer: (pr.match_index, max(0.0, now - pr.last_ack))
+                for peer, pr in node.leader.peers.items()}
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def recover(self, wal: LogStore, snapshots: SnapshotStore | None,
+                peers_json: str | None = None) -> None:
+        """Bring back the newest snapshot (restored into the FSM) and the log after it (handed
+        to the node, applied once committed). `peers_json` is Consul's outage recovery file:
+        when it exists, its servers become the configuration and the file is removed."""
+        self._wal, self._snapshots = wal, snapshots
+        self._load_book()
+        snapshot = None
+        meta = snapshots.latest_now() if snapshots is not None else None
+        if meta is not None:
+            with snapshots.open(meta) as f:
+                data = f.read(meta.size)
+            image, header = read_image(io.BytesIO(data), meta.path)
+            self._fsm.restore(image)
+            snapshot = Snapshot(meta.index, meta.term, _config_from_header(header), data)
+            for sid, address in (header.get("addresses") or {}).items():
+                self.addresses.setdefault(sid, address)
+            self._applied, self._applied_term = meta.index, meta.term
+        base = snapshot.index if snapshot else 0
+        entries = self._read_entries(wal, base)
+        hard = wal.hard_state()
+        last_term = entries[-1].term if entries else (snapshot.term if snapshot else 0)
+        if hard.term < last_term:
+            # A log written before Raft (a one-member log keeps no hard state): its terms
+            # are the floor of any new one.
+            hard = HardState(last_term, None)
+        if peers_json is not None and os.path.exists(peers_json):
+            entries = self._recover_peers(peers_json, entries, base, snapshot, hard)
+            hard = HardState(max(hard.term, entries[-1].term), None)
+        self.node = RaftNode(self.server_id, self.options, self._rng, self._reactor.seconds(),
+                             hard_state=hard, snapshot=snapshot, entries=entries)
+        self._make_driver()
+
+    def _read_entries(self, wal: LogStore, base: int) -> list[Entry]:
+        if wal.last_index < wal.first_index:
+            return []
+        if wal.first_index > base + 1:
+            raise RecoveryError(
+                f"the write-ahead log starts at entry {wal.first_index} but the newest "
+                f"snapshot ends at index {base}: entries are missing (a snapshot damaged or "
+                "removed?)")
+        out: list[Entry] = []
+        index = base + 1
+        while index <= wal.last_index:
+            batch = wal.entries(index, wal.last_index, max_bytes=REPLAY_BATCH_BYTES)
+            for e in batch:
+                if e.kind == CONFIGURATION and e.data[:1] == b"{":
+                    e = replace(e, data=decode_configuration(e.data).encode())
+                out.append(e)
+            index += len(batch)
+        return out
+
+    def _recover_peers(self, path: str, entries: list[Entry], base: int,
+                       snapshot: Snapshot | None, hard: HardState) -> list[Entry]:
+        """Consul's peers.json: [{"id", "address", "non_voter"}]. Its servers replace the
+        configuration with a new entry at the end of this server's log."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            voters, nonvoters = [], []
+            for server in doc:
+                sid, address = str(server["id"]), str(server["address"])
+                (nonvoters if server.get("non_voter") else voters).append(sid)
+                if sid != self.server_id:
+                    self.addresses[sid] = address
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RecoveryError(f"{path}: cannot recover from it: {exc}") from None
+        if not voters:
+            raise RecoveryError(f"{path}: it names no voter")
+        last_index = entries[-1].index if entries else base
+        term = max(hard.term, entries[-1].term if entries else (snapshot.term if snapshot else 0),
+                   1)
+        entry = Entry(last_index + 1, term, CONFIGURATION,
+                      Configuration.of(voters, tuple(nonvoters)).encode())
+        self._recovered_peers = path
+        self.log.warn("recovering the Raft configuration from {path}: voters {voters}",
+                      path=path, voters=",".join(sorted(voters)))
+        self._pending_recovery_entry = entry
+        return [*entries, entry]
+
+    def _make_driver(self) -> None:
+        storage = self._storage_factory(self._wal, self._snapshots)
+        self.driver = RaftDriver(self._reactor, self.node, storage, self._transport,
+                                 apply=self._apply_committed, take_snapshot=self._take_snapshot)
+        self.driver.on_leader_change(self._leader_changed)
+        self.driver.on_read(self._read_settled)
+
+    def bootstrap(self, servers: dict[str, str]) -> bool:
+        """Write the first configuration (`servers`: ID -> address), once: only a server with
+        no configuration, term or log does it. Returns whether it did."""
+        if self.bootstrapped:
+            return False
+        for sid, address in servers.items():
+            if sid != self.server_id:
+                self.set_address(sid, address)
+        entry = Entry(1, 1, CONFIGURATION, Configuration.of(sorted(servers)).encode())
+        running = self.driver is not None and self.driver.running
+        if running:
+            self.driver.stop()
+        self.node = RaftNode(self.server_id, self.options, self._rng, self._reactor.seconds(),
+                             hard_state=HardState(1, None), entries=[entry])
+        # The entry and term are written before the node may act on them (it sends nothing
+        # until the driver starts; a crash before they are durable leaves an empty server,
+        # which bootstraps again).
+        written = self._wal.append([entry])
+        written.addCallback(lambda _: self._wal.save_hard_state(1, None))
+        self._make_driver()
+        self.log.info("bootstrapped the Raft configuration with {n} server(s): {ids}",
+                      n=len(servers), ids=",".join(sorted(servers)))
+
+        def go(_: Any) -> None:
+            if running and not self._stopped:
+                self.start()
+        written.addCallbacks(go, lambda f: self.log.failure("bootstrapping failed", f))
+        return True
+
+    def start(self) -> None:
+        self._stopped = False
+        self.driver.start()
+        if self._recovered_peers is not None:
+            self._finish_peer_recovery()
+        if self.node.campaign_now(self._reactor.seconds()):
+            self.driver.kick()
+
+    def _finish_peer_recovery(self) -> None:
+        path, self._recovered_peers = self._recovered_peers, None
+        entry = self._pending_recovery_entry
+        written = self._wal.append([entry])
+
+        def remove(_: Any) -> None:
+            os.unlink(path)
+            self.log.info("removed {path}: the recovered configuration is in the log", path=path)
+        written.addCallbacks(remove, lambda f: self.log.failure(
+            "writing the configuration recovered from {path} failed", f, path=path))
+
+    def stop(self) -> Deferred:
+        self._stopped = True
+        if self.driver is not None:
+            self.driver.stop()
+        if self._ready:
+            self._ready = False
+            self._tell(False)
+        for term, waiter in list(self._pending.values()):
+            if waiter is not None and not waiter.called:
+                waiter.errback(NoLeader())
+        self._pending.clear()
+        for d in list(self._reads.values()):
+            if not d.called:
+                d.errback(NoLeader())
+        self._reads.clear()
+        closing = [self._transport.stop()] if hasattr(self._transport, "stop") else []
+        d = closing[0] if closing else succeed(None)
+        return d.addBoth(lambda _: self._wal.close() if self._wal is not None else None)
+
+    # --- what the driver reports ------------------------------------------------------------------
+
+    def _apply_committed(self, item: Entry | Snapshot) -> None:
+        if isinstance(item, Snapshot):
+            image, header = read_image(io.BytesIO(item.data), "the leader's snapshot")
+            self._finish_capture()
+            self._fsm.restore(image)
+            self._applied, self._applied_term = item.index, item.term
+            for sid, address in (header.get("addresses") or {}).items():
+                if sid not in self.addresses:
+                    self.set_address(sid, address)
+            for index in [i for i in self._pending if i <= item.index]:
+                _, waiter = self._pending.pop(index)
+                if waiter is not None and not waiter.called:
+                    waiter.errback(LeadershipLost())
+            self._wake_applied()
+            return
+        self._finish_capture()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if item.kind == COMMAND:
+                result = self._fsm.apply_entry(item.index, item.data)
+            elif item.kind == RESTORE:
+                self._restore(item)
+            elif item.kind == CONFIGURATION:
+                self._configuration_applied()
+        except Exception as exc:  # noqa: BLE001 - a command's own error goes to its writer
+            error = exc
+            if item.kind != COMMAND:
+                self.log.failure("log entry {index} could not be applied", index=item.index)
+        self._applied, self._applied_term = item.index, item.term
+        pending = self._pending.pop(item.index, None)
+        if pending is not None:
+            term, waiter = pending
+            if waiter is not None and not waiter.called:
+                if term != item.term:
+                    waiter.errback(LeadershipLost())
+                elif error is not None:
+                    waiter.errback(error)
+                else:
+                    waiter.callback(WriteResult(item.index, result))
+        self._check_ready()
+        self._wake_applied()
+
+    def _restore(self, entry: Entry) -> None:
+        restore_entry(self._fsm, entry)
+        self.log.info("restored a snapshot at log index {index}", index=entry.index)
+
+    def _configuration_applied(self) -> None:
+        for listener in list(self._config_listeners):
+            try:
+                listener()
+            except Exception:  # noqa: BLE001
+                self.log.failure("a configuration listener failed")
+
+    def _wake_applied(self) -> None:
+        if not self._applied_waits:
+            return
+        ready = [(i, d) for i, d in self._applied_waits if i <= self._applied]
+        self._applied_waits = [(i, d) for i, d in self._applied_waits if i > self._applied]
+        for _, d in ready:
+            d.callback(self._applied)
+
+    def _leader_changed(self, change: LeaderChange) -> None:
+        if change.is_self and self.node.leader is not None:
+            self._ready_at = self.node.leader.first_index
+            self._check_ready()
+            return
+        self._ready_at = None
+        if self._ready:
+            self._ready = False
+            self._tell(False)
+        for index, (term, waiter) in list(self._pending.items()):
+            self._pending.pop(index)
+            if waiter is not None and not waiter.called:
+                waiter.errback(LeadershipLost())
+
+    def _check_ready(self) -> None:
+        if (not self._ready and self._ready_at is not None and self.is_leader
+                and self._applied >= self._ready_at):
+            self._ready = True
+            self._tell(True)
+
+    def _tell(self, leading: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(leading)
+            except Exception:  # noqa: BLE001 - one listener must not stop the others
+                self.log.failure("a leadership listener failed")
+
+    def _read_settled(self, read: ReadState) -> None:
+        d = self._reads.pop(read.token, None)
+        if d is None or d.called:
+            return
+        if not read.ok:
+            d.errback(NoLeader())
+            return
+        self.wait_applied(read.index).addCallback(lambda _: True).chainDeferred(d)
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def _finish_capture(self) -> None:
+        if self._capture is not None:
+            if not self._capture.done:
+                self._capture.finish()  # the store is about to change
+            self._capture = None
+
+    def _snapshot_header(self, index: int) -> dict:
+        config = self.node.config_at(index)
+        return {"configuration": configuration_doc(config),
+                "addresses": {sid: a for sid, a in self.addresses.items()
+                              if sid in config.servers}}
+
+    def _take_snapshot(self, index: int) -> Deferred | None:
+        if self._snapshotting or self._stopped:
+            return None
+        self._snapshotting = True
+        d = self.capture_state(self._snapshot_header(index))
+
+        def done(result: Any) -> Any:
+            self._snapshotting = False
+            return result
+        return d.addBoth(done)
+
+    def capture_state(self, header: dict | None = None) -> Deferred:
+        """The state as of the index applied now, encoded over reactor turns; fires with the
+        snapshot body (bytes)."""
+        self._capture = capture = self._fsm.begin_capture()
+        chunks = encode_capture(capture, header if header is not None else
+                                self._snapshot_header(self._applied))
+        out: list[bytes] = []
+        done: Deferred = Deferred()
+        self._encode_turn(chunks, out, done)
+        return done
+
+    def _encode_turn(self, chunks: Iterator[bytes], out: list[bytes], done: Deferred) -> None:
+        try:
+            for _ in range(SNAPSHOT_TURN_CHUNKS):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    done.callback(b"".join(out))
+                    return
+                out.append(chunk)
+        except Exception:  # noqa: BLE001
+            done.errback(Failure())
+            return
+        self._reactor.callLater(0, self._encode_turn, chunks, out, done)
+
+    # --- the address book ---------------------------------------------------------------------
+
+    def _load_book(self) -> None:
+        if not self._book_path:
+            return
+        try:
+            with open(self._book_path, encoding="utf-8") as f:
+                book = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log.warn("ignoring {path}: {exc}", path=self._book_path, exc=exc)
+            return
+        for sid, entry in (book.get("servers") or {}).items():
+            if sid != self.server_id and isinstance(entry, dict):
+                address = entry.get("address")
+                if isinstance(address, str) and ":" in address:
+                    self.addresses[sid] = address
+                    host, _, port = address.rpartition(":")
+                    self._transport.set_peer(sid, (host, int(port)))
+                if isinstance(entry.get("name"), str):
+                    self.names[sid] = entry["name"]
+        for sid, entry in (book.get("servers") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("serf"), str):
+                self._serf[sid] = entry["serf"]
+                if sid != self.server_id:
+                    self.serf_addresses.append(entry["serf"])
+
+    def remember_serf(self, server_id: str, serf_address: str) -> None:
+        """Where `server_id` gossips: a restarted server rejoins through it."""
+        if self._serf.get(server_id) != serf_address:
+            self._serf[server_id] = serf_address
+            self._save_book()
+
+    def _save_book(self) -> None:
+        if not self._book_path:
+            return
+        servers = {sid: {"address": a, "name": self.names.get(sid, ""),
+                         **({"serf": self._serf[sid]} if sid in self._serf else {})}
+                   for sid, a in self.addresses.items()}
+        tmp = self._book_path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"servers": servers}, f)
+            os.replace(tmp, self._book_path)
+        except OSError as exc:
+            self.log.warn("cannot save {path}: {exc}", path=self._book_path, exc=exc)
