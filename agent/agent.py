@@ -139,12 +139,17 @@ class Agent(MultiService):
                                   self.schemas, self.members, self.stats,
                                   plugin_names=lambda: list(self.plugin_names))
         if self.server is not None:
-            self.server.raft.add_leadership_listener(self.facade.set_leader_known)
+            if self.server.replicated:
+                self.server.raft.add_leader_known_listener(self.facade.set_leader_known)
+            else:
+                self.server.raft.add_leadership_listener(self.facade.set_leader_known)
             self.facade.operator = ServerOperator(self.server, config.node_name)
         elif isinstance(endpoints, RemoteEndpoints):
             self.facade.operator = RemoteOperator(endpoints)
         if self.gossip is not None:
             self.facade.gossip = GossipControl(self.gossip, events=self.events, wan=self.wan)
+            if self.server is not None:
+                self.facade.gossip.before_leave = self.server.step_aside
             # Another datacenter is for the endpoints to judge: a server's WAN pool knows
             # them, a client agent asks its server (both answer "No path to datacenter").
             self.facade.forwards_datacenters = True
@@ -365,6 +370,9 @@ class Agent(MultiService):
             leaving = maybeDeferred(lambda: None)
             if self.config.leave_on_terminate:
                 # A server leaves the WAN pool first, then the LAN pool (Consul's order).
+                leaving.addCallback(lambda _: self.server.step_aside()
+                                    if self.server is not None else None)
+                leaving.addErrback(lambda _: None)
                 if wan is not None:
                     leaving.addCallback(lambda _: wan.leave())
                 leaving.addBoth(lambda _: gossip.leave())

@@ -18,7 +18,7 @@ from threading import Thread
 from typing import Any, Callable
 
 import txaio
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.threadpool import ThreadPool
 
 from agent import structs
@@ -148,6 +148,30 @@ class ServerCore:
             return
         self.directory.update(members)
         self.autopilot.reconcile()
+
+    def step_aside(self) -> Deferred:
+        """Before this server leaves: if it leads a cluster of several voters, hand leadership
+        to the most up-to-date one and wait (at most two election timeouts) until it has
+        taken over, so writes keep a leader while the others remove this server."""
+        raft = self.raft
+        if not self.replicated or not raft.is_leader or len(raft.configuration.voters) < 2:
+            return succeed(None)
+        try:
+            target = raft.transfer_leadership()
+        except Exception as exc:  # noqa: BLE001 - leaving goes on without a transfer
+            self.log.warn("could not hand over leadership before leaving: {exc}", exc=exc)
+            return succeed(None)
+        self.log.info("leaving: handing leadership to {target}", target=target)
+        deadline = self.reactor.seconds() + 2 * raft.options.election_timeout
+        done: Deferred = Deferred()
+
+        def look() -> None:
+            if not raft.is_leader or self.reactor.seconds() > deadline:
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.02, look)
+        look()
+        return done
 
     def server_port_protocols(self) -> dict:
         """Other protocols of the server port, by their first byte (Raft's 0x01)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 
 from agent.errors import InvalidRequest, WaypostError
 from agent.facade import Member
@@ -27,6 +27,8 @@ class GossipControl:
         self._wan = wan  # a server's agent.gossip.wan.WanGossip; None on a client
         self._events = events  # agent.events.UserEvents (None: user events not wired)
         self._keyring = KeyringOps(lan.pool, lan.query_listeners, lan.config.datacenter)
+        # Called (a Deferred) before leaving: a server steps aside as Raft leader.
+        self.before_leave: Any = None
 
     def join(self, addresses: list[str], wan: bool = False) -> Deferred:
         """Join the LAN pool (with `wan`, a server's WAN pool) through `addresses`; fires with
@@ -58,6 +60,14 @@ class GossipControl:
     def leave(self) -> Deferred:
         """Leave the pool gracefully (the agent then shuts down, as Consul's does). A leave
         already under way is refused ("Leave called in state leaving")."""
+        if self.before_leave is not None:
+            # A leading server hands leadership over first, so the cluster keeps a leader.
+            d = maybeDeferred(self.before_leave)
+            d.addErrback(lambda _: None)
+            return d.addCallback(lambda _: self._leave())
+        return self._leave()
+
+    def _leave(self) -> Deferred:
         try:
             if self._wan is not None:
                 # A server leaves the WAN pool first, then the LAN pool, as Consul's.

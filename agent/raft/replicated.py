@@ -123,6 +123,8 @@ class RaftLog:
         self._stopped = False
         self._recovered_peers: str | None = None  # peers.json consumed at recovery
         self._pending_recovery_entry: Entry | None = None
+        self._known_listeners: list[Callable[[bool], None]] = []
+        self._leader_known = True  # as the facade starts: frontends serve until told otherwise
         self._serf: dict[str, str] = {}  # server ID -> its Serf LAN "host:port"
         self.serf_addresses: list[str] = []  # from the address book: where to rejoin
 
@@ -519,7 +521,19 @@ class RaftLog:
         for _, d in ready:
             d.callback(self._applied)
 
+    def add_leader_known_listener(self, listener: Callable[[bool], None]) -> None:
+        """Called with True when a leader (any server) becomes known, False when none is."""
+        self._known_listeners.append(listener)
+
     def _leader_changed(self, change: LeaderChange) -> None:
+        known = change.leader is not None
+        if known != self._leader_known:
+            self._leader_known = known
+            for listener in list(self._known_listeners):
+                try:
+                    listener(known)
+                except Exception:  # noqa: BLE001
+                    self.log.failure("a leader-known listener failed")
         if change.is_self and self.node.leader is not None:
             self._ready_at = self.node.leader.first_index
             self._check_ready()
