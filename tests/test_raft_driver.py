@@ -269,6 +269,7 @@ def test_vote_waits_for_its_write_and_acks_only_a_finished_prefix():
     driver.start()
     clock.advance(1.0)
     driver.receive(VoteRequest("s1", 2, 1, 1))
+    clock.advance(0)  # the driver drains once the turn's messages are in
     # The vote (term 2, s1) is handed to storage, and the answer is not sent before it is durable.
     assert [p.hard_state for p, _ in storage.writes] == [HardState(2, "s1")]
     assert net.sent == []
@@ -277,7 +278,9 @@ def test_vote_waits_for_its_write_and_acks_only_a_finished_prefix():
     assert to == "s1" and resp.granted and resp.term == 2
     # Two more writes finishing out of order: nothing is acknowledged until the first is.
     driver.receive(VoteRequest("s2", 3, 1, 1))
+    clock.advance(0)
     driver.receive(VoteRequest("s1", 4, 1, 1))
+    clock.advance(0)
     (p1, d1), (p2, d2) = storage.writes[1:]
     d2.callback(None)
     assert len(net.sent) == 1

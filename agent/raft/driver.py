@@ -100,6 +100,7 @@ class RaftDriver:
         self._draining = False
         self._again = False
         self._inflight: list[list] = []  # [seq, done] per write, in issue order
+        self._soon = None  # the pending `_drain_later` call
         transport.on_message = self.receive
 
     # --- listeners ------------------------------------------------------------------------
@@ -121,6 +122,9 @@ class RaftDriver:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
 
     @property
     def running(self) -> bool:
@@ -132,13 +136,13 @@ class RaftDriver:
         if not self._running:
             return
         self.node.receive(self.reactor.seconds(), msg)
-        self._drain()
+        self._drain_soon()
 
     def propose(self, command: bytes) -> int | NotLeader:
         if not self._running:
             return NotLeader(None, "stopped")
         result = self.node.propose(self.reactor.seconds(), command)
-        self._drain()
+        self._drain_soon()
         return result
 
     def propose_entry(self, data: bytes, kind: int) -> int | NotLeader:
@@ -146,7 +150,7 @@ class RaftDriver:
         if not self._running:
             return NotLeader(None, "stopped")
         result = self.node.propose(self.reactor.seconds(), data, kind)
-        self._drain()
+        self._drain_soon()
         return result
 
     def kick(self) -> None:
@@ -174,6 +178,17 @@ class RaftDriver:
             self._call = self.reactor.callLater(self.tick_interval, self._tick)
 
     # --- outputs --------------------------------------------------------------------------
+
+    def _drain_soon(self) -> None:
+        """Drain once the reactor has handed over everything already received: the
+        proposals and messages of one turn leave as one write, one fsync and one
+        AppendEntries per follower instead of one each."""
+        if self._soon is None:
+            self._soon = self.reactor.callLater(0, self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._soon = None
+        self._drain()
 
     def _drain(self) -> None:
         """Act on `ready()` until it is empty. Re-entrant calls (a storage write that fires

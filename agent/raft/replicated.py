@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import txaio
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.python.failure import Failure
 
 from agent.errors import NoLeader, WaypostError
@@ -407,8 +407,10 @@ class RaftLog:
         # The entry and term are written before the node may act on them (it sends nothing
         # until the driver starts; a crash before they are durable leaves an empty server,
         # which bootstraps again).
-        written = self._wal.append([entry])
-        written.addCallback(lambda _: self._wal.save_hard_state(1, None))
+        # Both queued at once: an election this server wins at once (a lone voter) saves a
+        # later term after them, never before them.
+        written = DeferredList([self._wal.append([entry]), self._wal.save_hard_state(1, None)],
+                               fireOnOneErrback=True, consumeErrors=True)
         self._make_driver()
         self.log.info("bootstrapped the Raft configuration with {n} server(s): {ids}",
                       n=len(servers), ids=",".join(sorted(servers)))
