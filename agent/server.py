@@ -94,7 +94,7 @@ class ServerCore:
         self.directory: ServerDirectory | None = None
         self.autopilot: Autopilot | None = None
         if replicated and self.durable:
-            self.raft_transport = RaftTransport(reactor, {})
+            self.raft_transport = RaftTransport(reactor, {}, eager=True)
             self.raft = RaftLog(
                 reactor, self.fsm, self.raft_transport, server_id=config.node_id,
                 address=config.server_rpc_addr, options=raft_options(config),

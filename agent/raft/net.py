@@ -34,6 +34,7 @@ MAX_FRAME = 64 * 1024 * 1024  # a snapshot travels in one frame; anything bigger
 _LEN = struct.Struct(">I")
 RETRY_INTERVAL = 0.1  # seconds between dials of an unreachable peer
 CONNECT_TIMEOUT = 2.0
+MAX_WAITING = 64  # frames held for a peer while its connection is being made
 
 Address = tuple[str, int]
 
@@ -116,13 +117,17 @@ class RaftStreamProtocol(_Tracked):
 class _PeerConnection(_Tracked):
     """The sending side to one peer: writes frames while the socket keeps up, else drops."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: "_Peer") -> None:
         super().__init__()
         self.paused = False
+        self.peer = peer
 
     def connectionMade(self) -> None:  # noqa: N802
         self.transport.registerProducer(self, True)  # streaming: pause/resume on the buffer
         self.transport.write(bytes([RPC_RAFT]))
+        waiting, self.peer.waiting = self.peer.waiting, []
+        if waiting:
+            self.transport.write(b"".join(waiting))
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.transport.abortConnection()  # peers never write on a connection we dialled
@@ -149,13 +154,18 @@ class _Peer(ClientFactory):
         self.conn: _PeerConnection | None = None
         self.connector = None
         self.last_attempt = float("-inf")
+        # Frames sent while the connection is being made (a first vote request to a peer
+        # never talked to): sent once it is up, so an election does not wait a whole
+        # timeout for a dropped request. A dial that fails drops them.
+        self.waiting: list[bytes] = []
 
     def buildProtocol(self, addr) -> _PeerConnection:  # noqa: N802
-        self.conn = _PeerConnection()
+        self.conn = _PeerConnection(self)
         return self.conn
 
     def clientConnectionFailed(self, connector, reason: Failure) -> None:  # noqa: N802
         self.connector = None
+        self.waiting = []
 
     def clientConnectionLost(self, connector, reason: Failure) -> None:  # noqa: N802
         self.connector, self.conn = None, None
@@ -176,8 +186,10 @@ class RaftTransport:
 
     def __init__(self, reactor: IReactorTCP | IReactorTime, peers: dict[str, Address],
                  on_message: Callable[[Message], None] | None = None,
-                 retry_interval: float = RETRY_INTERVAL) -> None:
+                 retry_interval: float = RETRY_INTERVAL, eager: bool = False) -> None:
+        """`eager`: dial every peer as soon as it is known (servers; tests drive dials)."""
         self.reactor = reactor
+        self._eager = eager
         self.on_message = on_message
         self.retry_interval = retry_interval
         self._peers = {sid: _Peer(self, addr) for sid, addr in peers.items()}
@@ -193,6 +205,10 @@ class RaftTransport:
         if peer is not None and peer.conn is not None and peer.conn.transport is not None:
             peer.conn.transport.loseConnection()
         self._peers[server_id] = _Peer(self, address)
+        if self._eager:
+            # Connected before the first message: a follower's first vote request to
+            # another follower must not wait for a dial.
+            self._peers[server_id].dial()
 
     def protocol(self, expect_type_byte: bool = True) -> RaftStreamProtocol:
         """A receiving protocol, for our listener or for a server-port dispatcher."""
@@ -217,7 +233,12 @@ class RaftTransport:
             return False
         conn = peer.conn
         if conn is None or conn.transport is None or conn.paused:
-            peer.dial()
+            if conn is None:
+                peer.dial()
+                if peer.connector is not None and len(peer.waiting) < MAX_WAITING:
+                    body = encode(msg)
+                    peer.waiting.append(_LEN.pack(len(body)) + body)
+                    return True
             self.dropped += 1
             return False
         body = encode(msg)

@@ -115,6 +115,8 @@ class ServerEndpoints:
         the leader's endpoints; with no leader, retry until `hold_timeout`, then NoLeader
         ("No cluster leader"). `there` is retried only on failures that prove the request was
         not carried out (no leader there, or a connection that never sent it)."""
+        if self._leader_ready():  # the common case on the leader: no holding machinery
+            return maybeDeferred(here)
         deadline = self._reactor.seconds() + self._hold_timeout
         result: Deferred = Deferred()
 
