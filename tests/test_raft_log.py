@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from agent.errors import NoLeader
 from agent.fsm.apply import FSM
 from agent.raft.consensus import ChangeKind, Configuration, Options
-from agent.raft.records import CONFIGURATION
+from agent.raft.records import COMMAND, CONFIGURATION
 from agent.raft.replicated import LeadershipLost, RecoveryError
 from agent.raft.single import SingleServerLog
 from agent.raft.snapshots import SnapshotStore
@@ -29,7 +29,7 @@ from agent.raft.wal import WriteAheadLog
 from agent.rpc.options import WriteResult
 from agent.state.store import StateStore
 from tests.raftlog_util import (FAST, Cluster, balanced, failure_type, failures, keys_of,
-                                no_fsync, outcome, put, wait_for, write_keys)
+                                no_fsync, outcome, put, sleep, wait_for, write_keys)
 from tests.reactor_hygiene import clean_reactor  # noqa: F401 - autouse fixture
 
 ABC = ["a", "b", "c"]
@@ -430,3 +430,23 @@ def test_a_one_member_log_is_taken_over(cluster, pool):
     yield wait_for(lambda: member.keys() == keys_of(names), "the old log's keys")
     r = yield member.log.apply(put("new"))
     assert r.index > len(names) + 1
+
+
+# --- 11. an entry no server can apply ----------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_entry_of_an_unknown_command_type_stops_the_servers_instead_of_diverging(cluster):
+    members = cluster.form(ABC)
+    lead = yield cluster.leader()
+    yield lead.log.apply(put("before"))
+    # A command type from a newer Waypost, not flagged ignorable.
+    future = json.dumps({"v": 1, "t": 120, "d": {}}).encode()
+    lead.log._propose(future, COMMAND).addErrback(lambda f: None)
+    # Every server that learns the entry is committed halts: at least a quorum (a follower
+    # the halted leader never told may keep the entry uncommitted, and cannot win a vote).
+    yield wait_for(lambda: sum(m.log._halted for m in members) >= 2, "a quorum halted")
+    yield sleep(1.0)  # several election timeouts: nobody may take over
+    assert not any(m.log.is_leader for m in members)
+    assert all(m.keys() == {"before": b"v"} for m in members)
+    assert failure_type(outcome(lead.log.apply(put("after")))) is NoLeader

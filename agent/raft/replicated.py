@@ -34,7 +34,7 @@ import txaio
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.python.failure import Failure
 
-from agent.errors import NoLeader, WaypostError
+from agent.errors import NoLeader, UnknownCommand, WaypostError
 from agent.fsm.apply import FSM
 from agent.fsm.table import encode_command
 from agent.raft.consensus import (ChangeKind, Configuration, InvalidChange, LeaderChange,
@@ -117,7 +117,8 @@ class RaftLog:
         self._ready_at: int | None = None
         self._applied = 0
         self._applied_term = 0
-        self._capture: Capture | None = None
+        self._captures: list[Capture] = []  # state images being taken (snapshots)
+        self._halted = False
         self._snapshotting = False
         self._started_at = reactor.seconds()
         self._stopped = False
@@ -132,7 +133,8 @@ class RaftLog:
 
     @property
     def is_leader(self) -> bool:
-        return self.node is not None and self.node.role is Role.LEADER and not self._stopped
+        return (self.node is not None and self.node.role is Role.LEADER
+                and not self._stopped and not self._halted)
 
     @property
     def is_ready_leader(self) -> bool:
@@ -462,8 +464,14 @@ class RaftLog:
     # --- what the driver reports ------------------------------------------------------------------
 
     def _apply_committed(self, item: Entry | Snapshot) -> None:
+        if self._halted:
+            return
         if isinstance(item, Snapshot):
-            image, header = read_image(io.BytesIO(item.data), "the leader's snapshot")
+            try:
+                image, header = read_image(io.BytesIO(item.data), "the leader's snapshot")
+            except Exception as exc:  # noqa: BLE001 - SnapshotError names the problem
+                self._halt(f"the snapshot of index {item.index} cannot be read: {exc}")
+                return
             self._finish_capture()
             self._fsm.restore(image)
             self._applied, self._applied_term = item.index, item.term
@@ -486,6 +494,11 @@ class RaftLog:
                 self._restore(item)
             elif item.kind == CONFIGURATION:
                 self._configuration_applied()
+        except UnknownCommand as exc:
+            # Skipping an entry the other servers apply would make this replica diverge:
+            # this server stops taking part instead (a newer Waypost wrote it).
+            self._halt(f"log entry {item.index}: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - a command's own error goes to its writer
             error = exc
             if item.kind != COMMAND:
@@ -503,6 +516,15 @@ class RaftLog:
                     waiter.callback(WriteResult(item.index, result))
         self._check_ready()
         self._wake_applied()
+
+    def _halt(self, why: str) -> None:
+        """Stop taking part in Raft: this server cannot apply what the cluster committed."""
+        self.log.critical("this server stops taking part in Raft: {why}; upgrade it or "
+                          "restore its data_dir from another server", why=why)
+        self._halted = True
+        if self.driver is not None:
+            self.driver.stop()
+        self._leader_changed(LeaderChange(self.term, None, False))
 
     def _restore(self, entry: Entry) -> None:
         restore_entry(self._fsm, entry)
@@ -574,10 +596,11 @@ class RaftLog:
     # --- snapshots ------------------------------------------------------------------------------
 
     def _finish_capture(self) -> None:
-        if self._capture is not None:
-            if not self._capture.done:
-                self._capture.finish()  # the store is about to change
-            self._capture = None
+        if self._captures:
+            for capture in self._captures:
+                if not capture.done:
+                    capture.finish()  # the store is about to change
+            self._captures = []
 
     def _snapshot_header(self, index: int) -> dict:
         config = self.node.config_at(index)
@@ -599,7 +622,8 @@ class RaftLog:
     def capture_state(self, header: dict | None = None) -> Deferred:
         """The state as of the index applied now, encoded over reactor turns; fires with the
         snapshot body (bytes)."""
-        self._capture = capture = self._fsm.begin_capture()
+        capture = self._fsm.begin_capture()
+        self._captures.append(capture)
         chunks = encode_capture(capture, header if header is not None else
                                 self._snapshot_header(self._applied))
         out: list[bytes] = []
