@@ -130,7 +130,7 @@ class ServerCore:
         if self.autopilot is not None:
             self.raft.add_leadership_listener(lambda leading: leading and reactor.callLater(
                 0, self.autopilot.reconcile))
-            self.raft.add_configuration_listener(lambda: reactor.callLater(
+            self.raft.add_configuration_listener(lambda _: reactor.callLater(
                 0, self.autopilot.reconcile))
 
     @property

@@ -54,6 +54,20 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait()
 
 
+def http_request(url: str, method: str, body: bytes | str | None = None,
+                 headers: dict | None = None, timeout: float = 30.0):
+    """(status, headers, body bytes): HTTP errors are answers; a refused connection or a
+    timeout raises OSError."""
+    if isinstance(body, str):
+        body = body.encode()
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
@@ -116,15 +130,7 @@ class AgentProcess:
     def request(self, method: str, path: str, body: bytes | str | None = None,
                 headers: dict | None = None, timeout: float = 30.0):
         """(status, headers, body bytes) — errors are answers, not exceptions."""
-        if isinstance(body, str):
-            body = body.encode()
-        req = urllib.request.Request(self.base + path, data=body, method=method,
-                                     headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
+        return http_request(self.base + path, method, body, headers, timeout)
 
     def json(self, method: str, path: str, body=None):
         if body is not None and not isinstance(body, (bytes, str)):

@@ -99,3 +99,16 @@ class ConsulProcess:
         if getattr(self, "_log", None) is not None:
             self._log.close()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def running_consul(node: str):
+    """A generator for a module-scoped fixture: a started `ConsulProcess` (the test is
+    skipped with NO_CONSUL when there is no binary), stopped afterwards."""
+    import pytest
+    if consul_binary() is None:
+        pytest.skip(NO_CONSUL)
+    agent = ConsulProcess(node=node).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()

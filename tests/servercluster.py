@@ -20,12 +20,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.agentproc import ROOT, free_ports, stop_process
+from tests.agentproc import ROOT, free_ports, http_request, stop_process
 from tests.consulproc import NO_CONSUL, consul_binary
 
 
@@ -167,15 +165,7 @@ class ServerCluster:
                 headers: dict | None = None, timeout: float = 30.0):
         """(status, headers, body bytes) from server `i`; HTTP errors are answers, a refused
         connection or a timeout raises OSError."""
-        if isinstance(body, str):
-            body = body.encode()
-        req = urllib.request.Request(self.servers[i].base + path, data=body, method=method,
-                                     headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
+        return http_request(self.servers[i].base + path, method, body, headers, timeout)
 
     def get_json(self, i: int, path: str, timeout: float = 10.0):
         status, _, data = self.request(i, "GET", path, timeout=timeout)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.agentproc import ROOT, AgentProcess
-from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary
+from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary, running_consul
 
 needs_consul = pytest.mark.skipif(consul_binary() is None, reason=NO_CONSUL)
 
@@ -38,11 +38,7 @@ def waypost_agent() -> Iterator[AgentProcess]:
 
 @pytest.fixture(scope="module")
 def consul_agent() -> Iterator[ConsulProcess]:
-    if consul_binary() is None:
-        pytest.skip(NO_CONSUL)
-    agent = ConsulProcess(node="c1").start()
-    yield agent
-    agent.stop()
+    yield from running_consul("c1")
 
 
 def on_waypost(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import pytest
 
 from agent.errors import NoLeader, NotFound
 from gateway.cli.main import main
-from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary
+from tests.consulproc import ConsulProcess, consul_binary, running_consul
 from tests.test_operator_http import SERVERS, InProcessAgent, StandInOperator
 
 
@@ -40,11 +40,7 @@ def wp(served: InProcessAgent, monkeypatch: pytest.MonkeyPatch) -> InProcessAgen
 
 @pytest.fixture(scope="module")
 def consul() -> Iterator[ConsulProcess]:
-    if consul_binary() is None:
-        pytest.skip(NO_CONSUL)
-    agent = ConsulProcess(node="op-cli-consul").start()
-    yield agent
-    agent.stop()
+    yield from running_consul("op-cli-consul")
 
 
 def waypost(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

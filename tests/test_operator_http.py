@@ -26,7 +26,7 @@ from agent.errors import NoLeader, NotFound
 from gateway.http.api import HTTPAPI
 from gateway.http.plugin import build_routes
 from gateway.http.protocol import HTTPFactory
-from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary
+from tests.consulproc import ConsulProcess, running_consul
 from tests.coreutil import Core
 
 SERVERS = [
@@ -145,11 +145,7 @@ def wp(served: InProcessAgent) -> InProcessAgent:
 
 @pytest.fixture(scope="module")
 def consul() -> Iterator[ConsulProcess]:
-    if consul_binary() is None:
-        pytest.skip(NO_CONSUL)
-    agent = ConsulProcess(node="op-consul").start()
-    yield agent
-    agent.stop()
+    yield from running_consul("op-consul")
 
 
 def keys(value: Any) -> Any:

@@ -24,7 +24,7 @@ import pytest
 
 from agent import snapshot_archive as sa
 from agent.snapshot_archive import SnapshotArchiveError, inspect, pack, unpack
-from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary
+from tests.consulproc import NO_CONSUL, ConsulProcess, consul_binary, running_consul
 
 NOW = 1_700_000_000.123
 SERVERS = [{"ID": "id-1", "Address": "127.0.0.1:8300", "Suffrage": 0},
@@ -216,11 +216,7 @@ needs_consul = pytest.mark.skipif(consul_binary() is None, reason=NO_CONSUL)
 
 @pytest.fixture(scope="module")
 def consul() -> Iterator[ConsulProcess]:
-    if consul_binary() is None:
-        pytest.skip(NO_CONSUL)
-    agent = ConsulProcess(node="snap1").start()
-    yield agent
-    agent.stop()
+    yield from running_consul("snap1")
 
 
 def _consul_snapshot(consul: ConsulProcess) -> tuple[bytes, int]:

@@ -45,3 +45,12 @@ class ReplicatedLog(Protocol):
     def add_leadership_listener(self, listener: Callable[[bool], None]) -> None: ...
 
     def remove_leadership_listener(self, listener: Callable[[bool], None]) -> None: ...
+
+
+def notify(listeners: list[Callable[[Any], None]], value: Any, log: Any, what: str) -> None:
+    """Call every listener with `value`; one that raises is logged and the others still run."""
+    for listener in list(listeners):
+        try:
+            listener(value)
+        except Exception:  # noqa: BLE001 - one listener must not stop the others
+            log.failure("a {what} listener failed", what=what)

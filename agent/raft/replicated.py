@@ -40,6 +40,7 @@ from agent.fsm.table import encode_command
 from agent.raft.consensus import (ChangeKind, Configuration, InvalidChange, LeaderChange,
                                   NotLeader, Options, RaftNode, ReadState, Role, Snapshot)
 from agent.raft.driver import RaftDriver
+from agent.raft.interface import notify
 from agent.raft.log import LogStore
 from agent.raft.records import COMMAND, CONFIGURATION, RESTORE, Entry, HardState
 from agent.raft.snapshots import SnapshotStore
@@ -208,7 +209,7 @@ class RaftLog:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def add_configuration_listener(self, listener: Callable[[], None]) -> None:
+    def add_configuration_listener(self, listener: Callable[[None], None]) -> None:
         """Called after a configuration entry is applied (autopilot re-examines the servers)."""
         self._config_listeners.append(listener)
 
@@ -531,11 +532,7 @@ class RaftLog:
         self.log.info("restored a snapshot at log index {index}", index=entry.index)
 
     def _configuration_applied(self) -> None:
-        for listener in list(self._config_listeners):
-            try:
-                listener()
-            except Exception:  # noqa: BLE001
-                self.log.failure("a configuration listener failed")
+        notify(self._config_listeners, None, self.log, "configuration")
 
     def _wake_applied(self) -> None:
         if not self._applied_waits:
@@ -553,11 +550,7 @@ class RaftLog:
         known = change.leader is not None
         if known != self._leader_known:
             self._leader_known = known
-            for listener in list(self._known_listeners):
-                try:
-                    listener(known)
-                except Exception:  # noqa: BLE001
-                    self.log.failure("a leader-known listener failed")
+            notify(self._known_listeners, known, self.log, "leader-known")
         if change.is_self and self.node.leader is not None:
             self._ready_at = self.node.leader.first_index
             self._check_ready()
@@ -578,11 +571,7 @@ class RaftLog:
             self._tell(True)
 
     def _tell(self, leading: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(leading)
-            except Exception:  # noqa: BLE001 - one listener must not stop the others
-                self.log.failure("a leadership listener failed")
+        notify(self._listeners, leading, self.log, "leadership")
 
     def _read_settled(self, read: ReadState) -> None:
         d = self._reads.pop(read.token, None)

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from agent.errors import NoLeader, UnknownCommand
 from agent.fsm.apply import FSM
 from agent.fsm.table import encode_command
+from agent.raft.interface import notify
 from agent.raft.log import LogStore, MemoryLog
 from agent.raft.records import COMMAND, CONFIGURATION, RESTORE, Entry, LogError
 from agent.raft.snapshots import SnapshotStore
@@ -336,11 +337,7 @@ class SingleServerLog:
             self._tell(True)
 
     def _tell(self, leading: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(leading)
-            except Exception:  # noqa: BLE001 - one listener must not stop the others
-                self.log.failure("a leadership listener failed")
+        notify(self._listeners, leading, self.log, "leadership")
 
     # --- snapshots --------------------------------------------------------------------------
 
