@@ -22,8 +22,10 @@ from gateway.cli.commands import (
     catalog,
     event,
     exec as exec_,
+    dispatch_group,
     execute,
     force_leave,
+    is_help,
     join,
     keygen,
     keyring,
@@ -105,10 +107,6 @@ def _run_agent(argv: Sequence[str]) -> int:
     return agent_command.main(list(argv))
 
 
-def _is_help(arg: str) -> bool:
-    return arg in ("-h", "-help", "--help")
-
-
 def _help_for(ctx: Context, words: Sequence[str]) -> int:
     """``waypost help [command [subcommand]]``."""
     table = _commands()
@@ -124,28 +122,13 @@ def _help_for(ctx: Context, words: Sequence[str]) -> int:
     return 0
 
 
-def _dispatch_group(ctx: Context, group: Group, argv: Sequence[str]) -> int:
-    if not argv:
-        # Like Consul: a bare group prints its help and fails.
-        ctx.err(group.help())
-        return 1
-    if _is_help(argv[0]):
-        ctx.out(group.help())
-        return 0
-    command = group.subcommands.get(argv[0])
-    if command is None:
-        raise CommandError(f'Error: unknown {group.name} subcommand "{argv[0]}" '
-                           f"(run 'waypost {group.name} -h' for usage)")
-    return execute(command, ctx, argv[1:])
-
-
 def run(argv: Sequence[str], ctx: Context) -> int:
     """Run one command line (without the program name); may raise."""
     if not argv:
         ctx.err(usage())
         return 1
     name, rest = argv[0], argv[1:]
-    if _is_help(name):
+    if is_help(name):
         ctx.out(usage())
         return 0
     if name == "help":
@@ -158,7 +141,7 @@ def run(argv: Sequence[str], ctx: Context) -> int:
     if entry is None:
         raise CommandError(f"Error: unknown command \"{name}\" (run 'waypost -h' for usage)")
     if isinstance(entry, Group):
-        return _dispatch_group(ctx, entry, rest)
+        return dispatch_group(ctx, entry, rest)
     return execute(entry, ctx, rest)
 
 

@@ -138,6 +138,26 @@ def execute(command: Command, ctx: Context, argv: Sequence[str]) -> int:
     return command.run(ctx, values, args)
 
 
+def is_help(arg: str) -> bool:
+    return arg in ("-h", "-help", "--help")
+
+
+def dispatch_group(ctx: Context, group: Group, argv: Sequence[str]) -> int:
+    """Run the subcommand of `group` that `argv` names (a group nested in a group too)."""
+    if not argv:
+        # Like Consul: a bare group prints its help and fails.
+        ctx.err(group.help())
+        return 1
+    if is_help(argv[0]):
+        ctx.out(group.help())
+        return 0
+    command = group.subcommands.get(argv[0])
+    if command is None:
+        raise CommandError(f'Error: unknown {group.name} subcommand "{argv[0]}" '
+                           f"(run 'waypost {group.name} -h' for usage)")
+    return execute(command, ctx, argv[1:])
+
+
 def add_http_flags(flags: FlagSet, *, server: bool = False) -> FlagSet:
     """Add the flags naming the agent and token (Consul's "HTTP API options").
 

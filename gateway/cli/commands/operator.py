@@ -23,7 +23,7 @@ from gateway.cli.commands import (
     Group,
     add_http_flags,
     columnize,
-    execute,
+    dispatch_group,
     open_client,
     server_query,
 )
@@ -245,15 +245,7 @@ def _nested(group: Group) -> Command:
     at the subcommand's name and the rest is dispatched here (main dispatches one level)."""
 
     def run(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
-        if not args:
-            # Like Consul: a bare group prints its help and fails.
-            ctx.err(group.help())
-            return 1
-        command = group.subcommands.get(args[0])
-        if command is None:
-            raise CommandError(f'Error: unknown {group.name} subcommand "{args[0]}" '
-                               f"(run 'waypost {group.name} -h' for usage)")
-        return execute(command, ctx, args[1:])
+        return dispatch_group(ctx, group, args)
 
     return Command(name=group.name, synopsis=group.synopsis, usage=group.help(),
                    flags=lambda: FlagSet(group.name), run=run)
