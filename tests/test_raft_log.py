@@ -450,3 +450,13 @@ def test_an_entry_of_an_unknown_command_type_stops_the_servers_instead_of_diverg
     assert not any(m.log.is_leader for m in members)
     assert all(m.keys() == {"before": b"v"} for m in members)
     assert failure_type(outcome(lead.log.apply(put("after")))) is NoLeader
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_lone_voter_confirms_a_consistent_read(cluster):
+    [alone] = cluster.form(["a"])
+    lead = yield cluster.leader()
+    assert lead is alone
+    yield alone.log.apply(put("k"))
+    yield sleep(0.01)  # called from a reactor turn of its own, as an HTTP request is
+    assert (yield alone.log.verify_leader()) is True

@@ -70,6 +70,15 @@ def test_a_dead_server_is_removed_and_comes_back_when_restarted(tmp_path):
         victim = followers(cluster, leader)[0]
         name = cluster.servers[victim].name
         cluster.kill(victim)
+
+        def health() -> tuple[int, dict]:
+            status, _, data = cluster.request(leader, "GET", "/v1/operator/autopilot/health")
+            return status, json.loads(data)
+        # Autopilot's view while the server is down: unhealthy (429), no failure tolerated.
+        status, report = eventually(lambda: health()[0] == 429 and health(),
+                                    "autopilot to see the dead server")
+        assert report["Healthy"] is False and report["FailureTolerance"] == 0
+        assert {s["Name"]: s["Healthy"] for s in report["Servers"]}[name] is False
         eventually(lambda: name not in configuration(cluster, leader),
                    "the dead server removed by autopilot", timeout=60)
         assert put(cluster, leader, "after/removal")
@@ -78,6 +87,8 @@ def test_a_dead_server_is_removed_and_comes_back_when_restarted(tmp_path):
                    "the restarted server a voter again", timeout=60)
         eventually(lambda: cluster.request(victim, "GET", "/v1/kv/after/removal?stale")[0]
                    == 200, "the restarted server caught up")
+        status, report = eventually(lambda: health()[0] == 200 and health(), "a healthy cluster")
+        assert report["FailureTolerance"] == 1 and len(report["Servers"]) == 3
     finally:
         cluster.stop()
 

@@ -216,3 +216,29 @@ def test_a_snapshot_saved_on_one_server_is_restored_on_every_server(tmp_path):
         assert status == 400
     finally:
         cluster.stop()
+
+
+def test_peers_json_brings_a_lone_survivor_back(tmp_path):
+    cluster = ServerCluster(3, tmp_path, config=FAST).start()
+    try:
+        leader = cluster.wait_leader()
+        for n in range(10):
+            assert put(cluster, leader, f"kept/{n}")
+        survivor = followers(cluster, leader)[0]
+        eventually(lambda: len(keys(cluster, survivor, "kept/")) == 10, "replication")
+        node_id = cluster.get_json(survivor, "/v1/agent/self")["Config"]["NodeID"]
+        for i in range(3):
+            cluster.kill(i)
+        server = cluster.servers[survivor]
+        peers = server.data_dir / "raft" / "peers.json"
+        peers.write_text(json.dumps([{"id": node_id, "non_voter": False,
+                                      "address": f"127.0.0.1:{server.server_port}"}]))
+        cluster.restart(survivor)
+        assert cluster.wait_leader() == survivor
+        assert keys(cluster, survivor, "kept/", "consistent") == [f"kept/{n}" for n in range(10)]
+        assert cluster.get_json(survivor, "/v1/status/peers") == [
+            f"127.0.0.1:{server.server_port}"]
+        eventually(lambda: not peers.exists(), "peers.json removed once recovered")
+        assert put(cluster, survivor, "after/recovery")
+    finally:
+        cluster.stop()

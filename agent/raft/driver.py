@@ -162,7 +162,9 @@ class RaftDriver:
         if not self._running:
             return NotLeader(None, "stopped")
         result = self.node.read_index(self.reactor.seconds())
-        self._drain()
+        # Later, like proposals: the caller registers the token before its answer can come
+        # (a lone voter confirms at once), and the reads of one turn share one round.
+        self._drain_soon()
         return result
 
     def _tick(self) -> None:
