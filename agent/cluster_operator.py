@@ -65,7 +65,8 @@ class ServerOperator:
         for row in rows:
             if not row["Node"] and row["ID"] == self._core.config.node_id:
                 row["Node"] = self._node_name
-        index = getattr(log, "configuration_index", 1) or 1
+        # A -dev server's configuration is not a log entry of Raft's: Consul's -dev says 0.
+        index = getattr(log, "configuration_index", 0)
         return succeed({"Servers": rows, "Index": index})
 
     def remove_peer(self, *, server_id: str = "", address: str = "") -> Deferred:
