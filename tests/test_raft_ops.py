@@ -58,6 +58,13 @@ def test_a_client_agent_keeps_working_through_a_change_of_leader(tmp_path):
                               node="c1").start(timeout=30)
         eventually(lambda: client.request("PUT", "/v1/kv/c/before", b"1")[0] == 200,
                    "a write through the client")
+        # The operator's view through the client agent (asked of a server over the RPC).
+        status, _, data = client.request("GET", "/v1/operator/raft/configuration")
+        assert status == 200 and len(json.loads(data)["Servers"]) == 3
+        status, _, data = client.request("GET", "/v1/operator/autopilot/health")
+        assert status == 200 and json.loads(data)["FailureTolerance"] == 1
+        status, _, archive = client.request("GET", "/v1/snapshot")
+        assert status == 200 and archive[:2] == b"\x1f\x8b"
         cluster.kill(leader)
         eventually(lambda: client.request("PUT", "/v1/kv/c/after", b"2")[2].strip() == b"true",
                    "a write through the client after the leader died")
