@@ -30,6 +30,20 @@ DEFAULTS = {"cleanup_dead_servers": True, "last_contact_threshold": 0.2,
             "max_trailing_logs": 250, "min_quorum": 0, "server_stabilization_time": 10.0}
 
 
+def stored_settings(stored: dict, fallback: dict) -> dict:
+    """An operator's configuration (Consul's AutopilotConfig fields) as settings."""
+    out = dict(fallback)
+    for key, field in (("cleanup_dead_servers", "CleanupDeadServers"),
+                       ("max_trailing_logs", "MaxTrailingLogs"), ("min_quorum", "MinQuorum"),
+                       ("last_contact_threshold", "LastContactThreshold"),
+                       ("server_stabilization_time", "ServerStabilizationTime")):
+        value = stored.get(field)
+        if value is None:
+            continue
+        out[key] = parse_duration(value) if isinstance(value, str) else value
+    return out
+
+
 def autopilot_settings(settings: dict) -> dict:
     """Consul's autopilot block with its defaults; durations in seconds."""
     raw = dict(settings.get("autopilot") or {})
@@ -48,15 +62,24 @@ class Autopilot:
     log = txaio.make_logger()
 
     def __init__(self, reactor, raft: Any, servers: Callable[[], dict], settings: dict,
-                 *, version: str = "") -> None:
-        """`servers()` is the `ServerDirectory.servers` map (ID -> ServerMember)."""
+                 *, version: str = "", stored: Callable[[], dict | None] = lambda: None
+                 ) -> None:
+        """`servers()` is the `ServerDirectory.servers` map (ID -> ServerMember);
+        `settings` the agent configuration's, overridden by `stored()` (an operator's, from
+        the replicated state) once there is one."""
         self._reactor = reactor
         self._raft = raft
         self._servers = servers
-        self.settings = settings
+        self._configured = settings
+        self._stored = stored
         self._version = version
         self._healthy_since: dict[str, float] = {}
         self._changing: Deferred | None = None
+
+    @property
+    def settings(self) -> dict:
+        stored = self._stored()
+        return stored_settings(stored, self._configured) if stored else self._configured
 
     # --- health -------------------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 
 from agent.errors import InvalidRequest, NoLeader, NotFound, WaypostError
+from agent.autopilot import autopilot_settings
+from agent.durations import go_duration, parse_duration
+from agent.fsm.commands import AutopilotSetConfig
 from agent.raft.consensus import ChangeKind, InvalidChange
 
 CALL_TIMEOUT = 30.0
@@ -138,17 +141,29 @@ class ServerOperator:
         return self._at_leader(here, "Operator.AutopilotServerHealth", {})
 
     def autopilot_configuration(self) -> Deferred:
-        from agent.autopilot import autopilot_settings
-        from agent.durations import go_duration
-        s = (self._core.autopilot.settings if self._core.autopilot is not None
-             else autopilot_settings(self._core.config.settings))
-        return succeed({"CleanupDeadServers": bool(s["cleanup_dead_servers"]),
-                        "LastContactThreshold": go_duration(s["last_contact_threshold"]),
-                        "MaxTrailingLogs": int(s["max_trailing_logs"]),
-                        "MinQuorum": int(s["min_quorum"]),
-                        "ServerStabilizationTime": go_duration(s["server_stabilization_time"]),
-                        "RedundancyZoneTag": "", "DisableUpgradeMigration": False,
-                        "UpgradeVersionTag": "", "CreateIndex": 0, "ModifyIndex": 0})
+        stored = self._core.store.autopilot
+        s = autopilot_settings(self._core.config.settings)
+        answer = {"CleanupDeadServers": bool(s["cleanup_dead_servers"]),
+                  "LastContactThreshold": go_duration(s["last_contact_threshold"]),
+                  "MaxTrailingLogs": int(s["max_trailing_logs"]),
+                  "MinQuorum": int(s["min_quorum"]),
+                  "ServerStabilizationTime": go_duration(s["server_stabilization_time"]),
+                  "RedundancyZoneTag": "", "DisableUpgradeMigration": False,
+                  "UpgradeVersionTag": "", "CreateIndex": 0, "ModifyIndex": 0}
+        if stored:
+            answer.update(stored)
+        return succeed(answer)
+
+    def set_autopilot_configuration(self, config: dict, cas: int | None = None) -> Deferred:
+        try:
+            command = _autopilot_command(config, cas)
+        except InvalidRequest:
+            return fail()
+
+        def here() -> Deferred:
+            return self._log.apply(command).addCallback(lambda r: bool(r.value))
+        return self._at_leader(here, "Operator.AutopilotSetConfiguration",
+                               {"Config": config, "CAS": cas})
 
     # --- snapshots ----------------------------------------------------------------------------
 
@@ -170,6 +185,34 @@ class ServerOperator:
             return self._log.apply_restore(state).addCallback(lambda _: None)
         return self._at_leader(here, "Waypost.SnapshotRestore", {"State": state}).addErrback(
             _bad_state)
+
+
+def _autopilot_command(config: Any, cas: Any) -> AutopilotSetConfig:
+    """Consul's AutopilotConfig body, checked field by field (400s name the field)."""
+    if not isinstance(config, dict):
+        raise InvalidRequest("Error parsing autopilot config: the body is not an object")
+    kinds = {"CleanupDeadServers": bool, "DisableUpgradeMigration": bool,
+             "MaxTrailingLogs": int, "MinQuorum": int, "LastContactThreshold": str,
+             "ServerStabilizationTime": str, "RedundancyZoneTag": str,
+             "UpgradeVersionTag": str}
+    out = {}
+    for field, kind in kinds.items():
+        if field not in config or config[field] is None:
+            continue
+        value = config[field]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidRequest(f"Error parsing autopilot config: {field} must be a "
+                                 f"{kind.__name__}")
+        if kind is str and field.endswith(("Threshold", "Time")):
+            try:
+                parse_duration(value)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"Error parsing autopilot config: {field}: {exc}") \
+                    from None
+        out[field] = value
+    if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
+        raise InvalidRequest("cas must be an index")
+    return AutopilotSetConfig(tuple(sorted(out.items())), cas)
 
 
 def _tuple(value: Any) -> Any:
@@ -216,6 +259,8 @@ def operator_rpc(operator: ServerOperator, method: str, body: Any) -> Deferred |
         return operator.autopilot_health()
     if method == "Operator.AutopilotGetConfiguration":
         return operator.autopilot_configuration()
+    if method == "Operator.AutopilotSetConfiguration":
+        return operator.set_autopilot_configuration(body.get("Config"), body.get("CAS"))
     if method == "Waypost.SnapshotSave":
         return operator.snapshot_save(stale=bool(body.get("AllowStale"))).addCallback(list)
     if method == "Waypost.SnapshotRestore":
@@ -228,7 +273,8 @@ def operator_rpc(operator: ServerOperator, method: str, body: Any) -> Deferred |
 
 OPERATOR_METHODS = ("Operator.RaftGetConfiguration", "Operator.RaftRemovePeer",
                     "Operator.RaftTransferLeader", "Operator.AutopilotServerHealth",
-                    "Operator.AutopilotGetConfiguration", "Waypost.SnapshotSave",
+                    "Operator.AutopilotGetConfiguration", "Operator.AutopilotSetConfiguration",
+                    "Waypost.SnapshotSave",
                     "Waypost.SnapshotRestore")
 
 
@@ -255,6 +301,9 @@ class RemoteOperator:
 
     def autopilot_configuration(self) -> Deferred:
         return self._call("Operator.AutopilotGetConfiguration", {})
+
+    def set_autopilot_configuration(self, config: dict, cas: int | None = None) -> Deferred:
+        return self._call("Operator.AutopilotSetConfiguration", {"Config": config, "CAS": cas})
 
     def snapshot_save(self, stale: bool = False) -> Deferred:
         return self._call("Waypost.SnapshotSave", {"AllowStale": stale}).addCallback(_tuple)

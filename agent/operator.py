@@ -43,6 +43,12 @@ class OperatorControl(Protocol):
         "ServerStabilizationTime": "10s", "RedundancyZoneTag": "", "DisableUpgradeMigration":
         bool, "UpgradeVersionTag": "", "CreateIndex": int, "ModifyIndex": int}."""
 
+    def set_autopilot_configuration(self, config: dict, cas: int | None = None) -> Deferred:
+        """Store an operator's autopilot configuration (Consul's AutopilotConfig fields; the
+        ones given replace the agent configuration's) through the log; with `cas`, only if
+        the stored one's ModifyIndex is `cas`. Fires with whether it was stored; fails
+        `InvalidRequest` naming a bad field."""
+
     def snapshot_save(self, stale: bool = False) -> Deferred:
         """Fires with (state bytes, meta) of the whole cluster's state, taken on the leader
         (any server when `stale`): meta is {"index": int, "term": int}. The state bytes are

@@ -105,7 +105,8 @@ class ServerCore:
                 bootstrap=config.bootstrap, expect=config.bootstrap_expect,
                 call=self.rpc_pool.call)
             self.autopilot = Autopilot(reactor, self.raft, lambda: self.directory.servers,
-                                       autopilot_settings(config.settings), version=VERSION)
+                                       autopilot_settings(config.settings), version=VERSION,
+                                       stored=lambda: self.store.autopilot)
         else:
             threshold, interval, trailing = _raft_settings(config)
             self.raft = SingleServerLog(reactor, self.fsm, address=config.server_rpc_addr,

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.agentproc import free_ports, stop_process
+from tests.agentproc import free_ports, http_request, stop_process
 
 NO_CONSUL = ("no Consul binary: set WAYPOST_CONSUL_BIN or install one with "
              "../shared/tools/get-consul.sh (ORACLE=/tmp/oracle)")
@@ -66,6 +66,15 @@ class ConsulProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError("consul did not come up in time: " + self.log())
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+    def request(self, method: str, path: str, body: bytes | str | None = None,
+                headers: dict | None = None, timeout: float = 30.0):
+        """(status, headers, body bytes), as `AgentProcess.request`."""
+        return http_request(self.base + path, method, body, headers, timeout)
 
     def get(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:

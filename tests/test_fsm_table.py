@@ -13,6 +13,7 @@ from agent.errors import WaypostError
 from agent.fsm import handlers
 from agent.fsm.apply import FSM, IGNORED
 from agent.fsm.commands import (
+    AutopilotSetConfig,
     Deregister,
     KVOperation,
     Register,
@@ -56,6 +57,7 @@ EVERY_COMMAND = [
                 KVOperation("lock", KVEntry("k", b"v", session="s2"))),
                create=Session(id="s2", node="n1", ttl=10.0, behavior="delete"),
                destroy=("s1",)),
+    AutopilotSetConfig((("CleanupDeadServers", False), ("MinQuorum", 3)), cas=12),
 ]
 
 
@@ -63,7 +65,8 @@ def test_the_type_numbers_never_change():
     # Append-only: logs and snapshots on disk hold these numbers.
     assert {n: spec.cls.__name__ for n, spec in COMMANDS.by_number.items()} == {
         1: "Register", 2: "Deregister", 3: "KVOperation", 4: "SessionCreate",
-        5: "SessionDestroy", 6: "Txn", 7: "TombstoneReap", 8: "SessionTxn"}
+        5: "SessionDestroy", 6: "Txn", 7: "TombstoneReap", 8: "SessionTxn",
+        9: "AutopilotSetConfig"}
     assert all(not spec.ignorable for spec in COMMANDS.by_number.values())
 
 

@@ -108,6 +108,12 @@ def test_the_operator_cli_on_a_real_cluster(tmp_path):
         states = {row.split()[0]: row.split()[3] for row in rows[1:]}
         assert states[cluster.servers[leader].name] == "leader"
         assert sorted(states.values()) == ["follower", "follower", "leader"]
+        # An operator's autopilot settings go through the log: set on a follower, seen on all.
+        done = waypost(cluster, follower, "operator", "autopilot", "set-config", "-min-quorum=2")
+        assert (done.returncode, done.stdout) == (0, "Configuration updated!\n"), done.stderr
+        for i in range(3):
+            eventually(lambda: cluster.get_json(i, "/v1/operator/autopilot/configuration")
+                       ["MinQuorum"] == 2, f"the setting on s{i}")
         target_id = cluster.get_json(follower, "/v1/agent/self")["Config"]["NodeID"]
         moved = waypost(cluster, follower, "operator", "raft", "transfer-leader",
                         f"-id={target_id}")

@@ -69,6 +69,15 @@ class TombstoneReap:
 
 
 @dataclass(frozen=True, slots=True)
+class AutopilotSetConfig:
+    """Replace autopilot's configuration (Consul's AutopilotSetConfigRequest): `config` holds
+    Consul's AutopilotConfig fields (durations as Go strings); with `cas`, only if the stored
+    one's ModifyIndex is `cas` (0: only if none is stored yet)."""
+    config: tuple[tuple[str, Any], ...]
+    cas: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionTxn:
     """Create a session, run a KV transaction and destroy sessions, all at one index, all or
     nothing: what an etcd key with a TTL needs (its own session, taken in the same entry that
@@ -146,6 +155,25 @@ def encode_txn(c: Txn) -> dict[str, Any]:
 
 def decode_txn(d: dict[str, Any]) -> Txn:
     return Txn(ops=tuple(decode_kv(op) for op in d.get("ops", ())))
+
+
+AUTOPILOT_FIELDS = ("CleanupDeadServers", "LastContactThreshold", "MaxTrailingLogs",
+                   "MinQuorum", "ServerStabilizationTime", "RedundancyZoneTag",
+                   "DisableUpgradeMigration", "UpgradeVersionTag")
+
+
+def encode_autopilot(c: AutopilotSetConfig) -> dict[str, Any]:
+    return {"config": dict(c.config), "cas": c.cas}
+
+
+def decode_autopilot(d: dict[str, Any]) -> AutopilotSetConfig:
+    config = d["config"]
+    if not isinstance(config, dict) or set(config) - set(AUTOPILOT_FIELDS):
+        raise ValueError("an autopilot configuration holds AutopilotConfig's fields only")
+    cas = d.get("cas")
+    if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
+        raise ValueError(f"cas {cas!r} is not an index")
+    return AutopilotSetConfig(tuple(sorted(config.items())), cas)
 
 
 def encode_reap(c: TombstoneReap) -> dict[str, Any]:

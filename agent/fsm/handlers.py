@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from agent.errors import InvalidRequest, WaypostError
 from agent.fsm.commands import (
+    AutopilotSetConfig,
     Deregister,
     KVOperation,
     Register,
@@ -127,3 +128,14 @@ def session_txn(store: StateStore, c: SessionTxn, index: int) -> SessionTxnResul
 def tombstone_reap(store: StateStore, c: TombstoneReap, index: int) -> int:
     """Drop the tombstones at or below the reap index; the result is how many went."""
     return store.kv.reap_tombstones(c.reap_index)
+
+
+def autopilot_set(store: StateStore, c: AutopilotSetConfig, index: int) -> bool:
+    """Store autopilot's configuration (compare-and-set on its ModifyIndex with `cas`)."""
+    current = store.autopilot
+    if c.cas is not None and c.cas != (current["ModifyIndex"] if current else 0):
+        return False
+    store.autopilot = {**dict(c.config),
+                       "CreateIndex": current["CreateIndex"] if current else index,
+                       "ModifyIndex": index}
+    return True

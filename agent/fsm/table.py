@@ -123,6 +123,8 @@ COMMANDS = CommandTable.build([
     CommandSpec(6, c.Txn, c.encode_txn, c.decode_txn, h.txn),
     CommandSpec(7, c.TombstoneReap, c.encode_reap, c.decode_reap, h.tombstone_reap),
     CommandSpec(8, c.SessionTxn, c.encode_session_txn, c.decode_session_txn, h.session_txn),
+    CommandSpec(9, c.AutopilotSetConfig, c.encode_autopilot, c.decode_autopilot,
+                h.autopilot_set),
 ])
 
 

@@ -55,6 +55,7 @@ class StoreImage:
     kv: list = field(default_factory=list)
     tombstones: list = field(default_factory=list)  # (key, index)
     sessions: list = field(default_factory=list)
+    autopilot: dict | None = None  # an operator's autopilot configuration
 
 
 class Capture:
@@ -74,7 +75,7 @@ class Capture:
             sessions_index=store.sessions.index, reaped_index=store.kv.reaped_index,
             nodes=list(catalog.nodes.values()), kv=list(store.kv.entries.values()),
             tombstones=list(store.kv.tombstones.items()),
-            sessions=list(store.sessions.sessions.values()))
+            sessions=list(store.sessions.sessions.values()), autopilot=store.autopilot)
         # (rows of the image, the groups still to copy into them, how far it got)
         self._todo = [[self.image.services, list(catalog.services.values()), 0],
                       [self.image.checks, list(catalog.checks.values()), 0]]
@@ -125,6 +126,7 @@ def encode_chunks(image: StoreImage, extra: dict[str, Any] | None = None,
     header = {"format": BODY_FORMAT, "index": image.index, "table_index": image.table_index,
               "service_index": image.service_index, "kv_index": image.kv_index,
               "sessions_index": image.sessions_index, "reaped_index": image.reaped_index,
+              **({"autopilot": image.autopilot} if image.autopilot is not None else {}),
               **(extra or {})}
     yield _line(header)
     encode = _ENCODER.encode
@@ -192,7 +194,14 @@ def _header_image(header: dict) -> StoreImage:
                       service_index=_indexes(header["service_index"], "service_index"),
                       kv_index=_index(header["kv_index"], "kv_index"),
                       sessions_index=_index(header["sessions_index"], "sessions_index"),
-                      reaped_index=_index(header.get("reaped_index", 0), "reaped_index"))
+                      reaped_index=_index(header.get("reaped_index", 0), "reaped_index"),
+                      autopilot=_autopilot(header.get("autopilot")))
+
+
+def _autopilot(raw: Any) -> dict | None:
+    if raw is not None and not isinstance(raw, dict):
+        raise ValueError("the autopilot configuration is not an object")
+    return raw
 
 
 def _tombstone(row) -> tuple[str, int]:
@@ -229,6 +238,7 @@ def install(store: StateStore, image: StoreImage) -> list[BaseException]:
         store.sessions.restore(session)
     store.sessions.index = image.sessions_index
     store.index = image.index
+    store.autopilot = image.autopilot
     store.lock_delays.clear()  # Consul's restore starts without lock-delays too
     return store.wake_all()
 

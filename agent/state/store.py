@@ -49,6 +49,9 @@ class StateStore:
         self._wake_queue: dict[int, WatchHandle] = {}  # id -> handle, in firing order
         self._wake_scheduled = False
         self.reset_tables()
+        # Autopilot's configuration once an operator set one (Consul's AutopilotConfig fields
+        # with CreateIndex/ModifyIndex); None: the agent configuration's settings apply.
+        self.autopilot: dict | None = None
         self.on_commit: list[Callable[[int, frozenset[str]], None]] = []
 
     def reset_tables(self) -> None:

@@ -114,7 +114,7 @@ def build_routes() -> RouteTable:
     t.add("/v1/operator/raft/transfer-leader", ("POST",), operator.raft_transfer_leader,
           local=True)
     t.add("/v1/operator/autopilot/health", GET, operator.autopilot_health)
-    t.add("/v1/operator/autopilot/configuration", GET, operator.autopilot_configuration)
+    t.add("/v1/operator/autopilot/configuration", GET + PUT, operator.autopilot_configuration)
     t.add("/v1/snapshot", ("GET",) + PUT, snapshot.snapshot)
     # Coordinates are this agent's gossip view (see the handlers' module), so ?dc does not apply.
     t.add("/v1/coordinate/datacenters", GET, coordinate.datacenters, local=True)

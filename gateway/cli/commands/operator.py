@@ -163,6 +163,72 @@ def _get_config(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
     return 0
 
 
+# --- autopilot set-config ---
+
+_SET_FLAGS = (  # flag, field, kind
+    ("cleanup-dead-servers", "CleanupDeadServers", "bool"),
+    ("disable-upgrade-migration", "DisableUpgradeMigration", "bool"),
+    ("max-trailing-logs", "MaxTrailingLogs", "int"),
+    ("min-quorum", "MinQuorum", "int"),
+    ("last-contact-threshold", "LastContactThreshold", "string"),
+    ("server-stabilization-time", "ServerStabilizationTime", "string"),
+    ("redundancy-zone-tag", "RedundancyZoneTag", "string"),
+    ("upgrade-version-tag", "UpgradeVersionTag", "string"))
+
+
+def _set_config_flags() -> FlagSet:
+    flags = FlagSet("operator autopilot set-config")
+    for name, field, kind in _SET_FLAGS:
+        # Unset flags leave the stored value alone (None: not given).
+        if kind == "bool":
+            flags.string(name, default=None, help=f"{field}: true or false.")
+        elif kind == "int":
+            flags.string(name, default=None, help=f"{field}, a whole number.")
+        else:
+            flags.string(name, default=None, help=f"{field}.")
+    return add_http_flags(flags, server=True)
+
+
+def _set_config(ctx: Context, values: SimpleNamespace, args: list[str]) -> int:
+    """Consul's set-config: read the configuration, change the fields whose flags were
+    given, write it back with ?cas=<its ModifyIndex>."""
+    reply, error = _request(ctx, values, "GET", "/v1/operator/autopilot/configuration",
+                            _dc_query(values))
+    if error is not None:
+        raise CommandError(f"Error querying Autopilot configuration: {error}")
+    config = dict(reply or {})
+    for name, field, kind in _SET_FLAGS:
+        raw = getattr(values, name.replace("-", "_"))
+        if raw is None:
+            continue
+        if kind == "bool":
+            if raw not in ("true", "false"):
+                raise CommandError(f"Error parsing -{name}: {raw!r} is not true or false")
+            config[field] = raw == "true"
+        elif kind == "int":
+            try:
+                config[field] = int(raw)
+            except ValueError:
+                raise CommandError(f"Error parsing -{name}: {raw!r} is not a number") from None
+        else:
+            config[field] = raw
+    cas = str(config.pop("ModifyIndex", 0))
+    config.pop("CreateIndex", None)
+    response = open_client(ctx, values).request(
+        "PUT", "/v1/operator/autopilot/configuration", query=[*_dc_query(values),
+                                                              ("cas", cas)],
+        body=json.dumps(config).encode(), allow=range(400, 600))
+    if response.status >= 400:
+        body = " ".join(response.body.decode("utf-8", "replace").split())
+        raise CommandError(f"Error setting Autopilot configuration: Unexpected response "
+                           f"code: {response.status} ({body})")
+    if response.body.strip() == b"true":
+        ctx.out("Configuration updated!")
+        return 0
+    ctx.out("Configuration could not be atomically updated, please try again")
+    return 1
+
+
 # --- the tree ---
 
 RAFT = Group(
@@ -236,6 +302,17 @@ Usage: waypost operator autopilot get-config [options]
 """,
             flags=lambda: _server_flags("operator autopilot get-config"),
             run=_get_config),
+        "set-config": Command(
+            name="operator autopilot set-config",
+            synopsis="Modify the current Autopilot configuration",
+            usage="""
+Usage: waypost operator autopilot set-config [options]
+
+  Modifies the current Autopilot configuration (only the fields whose flags are given),
+  atomically: it fails if the configuration changed since it was read.
+""",
+            flags=_set_config_flags,
+            run=_set_config),
     },
 )
 

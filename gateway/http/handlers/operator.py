@@ -8,7 +8,7 @@ Thin handlers over `facade.operator` (`agent.operator.OperatorControl`), answeri
   both are given, and its 500 text when the peer is not in the configuration;
 - raft/transfer-leader (POST, ?id=): not in 1.8.7; later Consul's shape, {"Success": true};
 - autopilot/health (GET): 200 when healthy, else 429 with the same body;
-- autopilot/configuration (GET).
+- autopilot/configuration (GET, PUT with ?cas).
 
 An agent without consensus to ask (`facade.operator` is None) answers as a Consul agent that
 knows no server does: 500 "No known Consul servers".
@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 
 from agent.errors import InvalidRequest, NoServers, NotFound, WaypostError
 from agent.facade import STALE, go_quote
+from gateway.http.decode import json_body, uint
 from gateway.http.encode import dumps
 from gateway.http.request import Request, Response
 from gateway.http.results import EMPTY
@@ -150,8 +151,13 @@ _AUTOPILOT_DEFAULTS = (("CleanupDeadServers", True), ("LastContactThreshold", "2
 
 def autopilot_configuration(facade, request: Request, params, arg: str) -> Deferred:
     """GET /v1/operator/autopilot/configuration: AutopilotConfiguration, in Consul's field
-    order (Consul's defaults for any field the core leaves out)."""
+    order (Consul's defaults for any field the core leaves out). PUT stores an operator's
+    (through the log; `?cas=<ModifyIndex>` for check-and-set) and answers true or false."""
     operator = _operator(facade, params)
+    if request.method == "PUT":
+        body = json_body(request)
+        cas = uint(request, "cas", "Error parsing cas value")
+        return operator.set_autopilot_configuration(body, cas)
 
     def encode(reply: dict) -> dict:
         return {name: reply.get(name, default) for name, default in _AUTOPILOT_DEFAULTS}
