@@ -106,7 +106,8 @@ def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(tmp_path):
 
 
 def test_without_a_quorum_writes_fail_with_no_cluster_leader_then_recover(tmp_path):
-    config = {"performance": {"raft_multiplier": 1, "rpc_hold_timeout": "1s"}}
+    config = {"performance": {"raft_multiplier": 1, "rpc_hold_timeout": "1s"},
+              "discovery_max_stale": "1h"}
     cluster = ServerCluster(3, tmp_path, config=config).start()
     try:
         leader = cluster.wait_leader()
@@ -122,6 +123,11 @@ def test_without_a_quorum_writes_fail_with_no_cluster_leader_then_recover(tmp_pa
         # A stale read is still answered from the replica.
         status, headers, _ = cluster.request(survivor, "GET", "/v1/kv/q/before?stale")
         assert status == 200 and headers["X-Consul-KnownLeader"] == "false"
+        # discovery_max_stale: catalog and health reads naming no mode are served stale too.
+        status, headers, _ = cluster.request(survivor, "GET", "/v1/catalog/nodes")
+        assert status == 200 and headers["X-Consul-KnownLeader"] == "false"
+        status, _, _ = cluster.request(survivor, "GET", "/v1/catalog/nodes?leader")
+        assert status == 500
         cluster.restart(others[0])
         eventually(lambda: put(cluster, survivor, "q/after"), "a write once a quorum is back")
         assert keys(cluster, survivor, "q/", "consistent") == ["q/after", "q/before"]

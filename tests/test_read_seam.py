@@ -199,3 +199,20 @@ def test_max_age_refetches_an_answer_older_than_the_client_takes():
     assert hit.meta.cache_hit is True and hit.meta.cache_age == 30
     young = QueryOptions(use_cache=True, max_age=10)
     assert core.facade.read(queries.CatalogDatacenters(), young).meta.cache_hit is False
+
+
+def test_max_stale_and_discovery_max_stale_choose_stale_reads_as_consul():
+    from gateway.http.params import parse_query_params
+
+    def mode(query: dict, path: str = "/v1/kv/a", discovery: float = 0.0):
+        params = parse_query_params(query, {}, False, path=path,
+                                    discovery_max_stale=discovery)
+        return params.options.consistency, params.options.max_stale
+    assert mode({"max_stale": ["5s"]}) == (STALE, 5.0)  # a max_stale alone allows stale
+    assert mode({}, "/v1/catalog/nodes", 30.0) == (STALE, 30.0)
+    assert mode({}, "/v1/health/service/web", 30.0) == (STALE, 30.0)
+    assert mode({}, "/v1/kv/a", 30.0)[0] != STALE  # not a discovery endpoint
+    assert mode({"leader": [""]}, "/v1/catalog/nodes", 30.0)[0] != STALE
+    assert mode({"consistent": [""]}, "/v1/catalog/nodes", 30.0)[0] != STALE
+    with pytest.raises(InvalidRequest):
+        mode({"consistent": [""], "max_stale": ["5s"]})

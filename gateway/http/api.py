@@ -25,7 +25,7 @@ from agent.errors import (
     WaypostError,
 )
 from gateway.http import encode
-from gateway.http.params import parse_query_params
+from gateway.http.params import discovery_max_stale_of, parse_query_params
 from gateway.http.request import Request, Response
 from gateway.http.results import EMPTY, MISSING, Raw, Read
 from gateway.http.routes import RouteTable
@@ -89,8 +89,13 @@ class HTTPAPI:
         self.reactor = reactor
         self.routes = routes
         self.pretty = facade.config.pretty_json
+        self.discovery_max_stale = discovery_max_stale_of(facade.config)
+        facade.reload_listeners.append(self._reloaded)
         self._cache: dict[tuple, Cached] = {}
 
+
+    def _reloaded(self, config) -> None:
+        self.discovery_max_stale = discovery_max_stale_of(config)
     def __call__(self, request: Request) -> Response | Deferred:
         if request.method == "GET" and b"index=" not in request.raw_query:
             # Hot path: the same read at the same state index is answered from its bytes.
@@ -117,7 +122,8 @@ class HTTPAPI:
             # Handlers of foreign APIs (etcd's `wait=true`) read their own query fields.
             own = getattr(route.handler, "own_query_params", False)
             params = parse_query_params({} if own else request.query, request.headers,
-                                        self.pretty)
+                                        self.pretty, path=request.path,
+                                        discovery_max_stale=self.discovery_max_stale)
             facade = self.facade
             if not route.local:
                 facade.check_datacenter(params.dc)

@@ -7,6 +7,8 @@ jitter, the consistency modes) is the core's (agent.rpc).
 
 from __future__ import annotations
 
+from typing import Any
+
 from agent.errors import InvalidRequest
 from agent.facade import CONSISTENT, DEFAULT, STALE, QueryOptions, parse_duration
 from gateway.http.decode import parse_uint64
@@ -51,8 +53,25 @@ def token_of(query: dict[str, list[str]], headers: dict[str, str]) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
+def discovery_max_stale_of(config: Any) -> float:
+    """`discovery_max_stale` in seconds (0: off, Consul's default)."""
+    raw = (getattr(config, "settings", None) or {}).get("discovery_max_stale")
+    if not raw:
+        return 0.0
+    try:
+        return float(parse_duration(raw))
+    except (InvalidRequest, ValueError, TypeError):
+        return 0.0
+
+
+# Consul's discovery endpoints: with `discovery_max_stale`, a read there that names no
+# consistency mode is served stale within it.
+DISCOVERY_PREFIXES = ("/v1/catalog", "/v1/health")
+
+
 def parse_query_params(query: dict[str, list[str]], headers: dict[str, str],
-                       pretty_default: bool) -> QueryParams:
+                       pretty_default: bool, *, path: str = "",
+                       discovery_max_stale: float = 0.0) -> QueryParams:
     dc = query["dc"][0] if "dc" in query else ""
     # An empty value counts as not given; `index` is a uint64.
     text = query["wait"][0] if "wait" in query else ""
@@ -71,6 +90,14 @@ def parse_query_params(query: dict[str, list[str]], headers: dict[str, str],
     consistency = STALE if stale else CONSISTENT if consistent else DEFAULT
     text = query["max_stale"][0] if "max_stale" in query else ""
     max_stale = _duration(text, "Invalid max_stale value") if text else 0.0
+    if max_stale > 0:
+        if consistent:  # Consul: a max_stale allows stale reads, which ?consistent forbids
+            raise InvalidRequest("Cannot specify ?stale with ?consistent, conflicting "
+                                 "semantics.")
+        consistency = STALE
+    chosen = stale or consistent or "leader" in query or "cached" in query or max_stale > 0
+    if (not chosen and discovery_max_stale > 0 and path.startswith(DISCOVERY_PREFIXES)):
+        consistency, max_stale = STALE, discovery_max_stale
     cached = "cached" in query
     max_age = 0.0
     if cached:
