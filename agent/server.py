@@ -36,7 +36,7 @@ from agent.autopilot import Autopilot, autopilot_settings
 from agent.durations import go_duration
 from agent.raft.net import RPC_RAFT, RaftTransport
 from agent.raft.replicated import RaftLog
-from agent.raft.replicated import RecoveryError as RaftRecoveryError
+from agent.raft.recovery import RecoveryError as RaftRecoveryError
 from agent.raft.storage import DiskStorage
 from agent.raft.timing import raft_options, rpc_hold_timeout_of
 from agent.rpc.remote import RemoteEndpoints

@@ -22,7 +22,8 @@ from agent.errors import NoLeader
 from agent.fsm.apply import FSM
 from agent.raft.consensus import ChangeKind, Configuration, Options
 from agent.raft.records import COMMAND, CONFIGURATION
-from agent.raft.replicated import LeadershipLost, RecoveryError
+from agent.raft.recovery import RecoveryError
+from agent.raft.replicated import LeadershipLost
 from agent.raft.single import SingleServerLog
 from agent.raft.snapshots import SnapshotStore
 from agent.raft.wal import WriteAheadLog

@@ -24,10 +24,8 @@ a one-member log of an older Waypost (configuration entries in JSON) is read as 
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
-from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import txaio
@@ -43,13 +41,15 @@ from agent.raft.driver import RaftDriver
 from agent.raft.interface import notify
 from agent.raft.log import LogStore
 from agent.raft.records import COMMAND, CONFIGURATION, RESTORE, Entry, HardState
+from agent.raft.address_book import AddressBook
+from agent.raft.recovery import (configuration_doc, configuration_from_header, entries_after,
+                                 read_peers_json)
 from agent.raft.snapshots import SnapshotStore
 from agent.rpc.options import WriteResult
 from agent.state.snapshot import Capture, encode_capture, read_image, restore_entry
 
 txaio.use_twisted()
 
-REPLAY_BATCH_BYTES = 8 * 1024 * 1024
 SNAPSHOT_TURN_CHUNKS = 8  # encoded chunks per reactor turn while taking a snapshot
 
 
@@ -58,31 +58,6 @@ class LeadershipLost(WaypostError):
 
     def __init__(self) -> None:
         super().__init__("leadership lost while committing log")
-
-
-class RecoveryError(WaypostError):
-    """data_dir's log and snapshots cannot be brought back; the message says why."""
-
-
-def decode_configuration(data: bytes) -> Configuration:
-    """A configuration entry: Raft's msgpack, or the JSON a one-member log of an older
-    Waypost wrote (`{"servers": [{"id", "address", "suffrage"}]}`)."""
-    if data[:1] == b"{":
-        servers = json.loads(data)["servers"]
-        return Configuration.of([s["id"] for s in servers if s.get("suffrage") == "voter"],
-                                tuple(s["id"] for s in servers if s.get("suffrage") != "voter"))
-    return Configuration.decode(data)
-
-
-def configuration_doc(config: Configuration) -> dict:
-    return {"voters": sorted(config.voters), "nonvoters": sorted(config.nonvoters)}
-
-
-def _config_from_header(header: dict) -> Configuration:
-    doc = header.get("configuration") or {}
-    if "servers" in doc:  # a one-member log's snapshot
-        return decode_configuration(json.dumps(doc).encode())
-    return Configuration.of(list(doc.get("voters", ())), tuple(doc.get("nonvoters", ())))
 
 
 class RaftLog:
@@ -102,9 +77,7 @@ class RaftLog:
         self.options = options
         self._rng = rng or random.SystemRandom()
         self._storage_factory = storage_factory
-        self._book_path = address_book
-        self.addresses: dict[str, str] = {server_id: address}  # server ID -> "host:port"
-        self.names: dict[str, str] = {}  # server ID -> node name (from gossip)
+        self.book = AddressBook(server_id, address, address_book, transport.set_peer)
         self.node: RaftNode | None = None
         self.driver: RaftDriver | None = None
         self._wal: LogStore | None = None
@@ -127,10 +100,21 @@ class RaftLog:
         self._pending_recovery_entry: Entry | None = None
         self._known_listeners: list[Callable[[bool], None]] = []
         self._leader_known = True  # as the facade starts: frontends serve until told otherwise
-        self._serf: dict[str, str] = {}  # server ID -> its Serf LAN "host:port"
-        self.serf_addresses: list[str] = []  # from the address book: where to rejoin
 
     # --- ReplicatedLog ------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Server ID -> its server port's "host:port" (the address book's)."""
+        return self.book.addresses
+
+    @property
+    def names(self) -> dict[str, str]:
+        return self.book.names
+
+    @property
+    def serf_addresses(self) -> list[str]:
+        return self.book.serf_addresses
 
     @property
     def is_leader(self) -> bool:
@@ -286,14 +270,11 @@ class RaftLog:
 
     def set_address(self, server_id: str, address: str, name: str = "") -> None:
         """Where `server_id`'s server port is (learned from gossip)."""
-        if name:
-            self.names[server_id] = name
-        if server_id == self.server_id or self.addresses.get(server_id) == address:
-            return
-        self.addresses[server_id] = address
-        host, _, port = address.rpartition(":")
-        self._transport.set_peer(server_id, (host, int(port)))
-        self._save_book()
+        self.book.set(server_id, address, name)
+
+    def remember_serf(self, server_id: str, serf_address: str) -> None:
+        """Where `server_id` gossips: a restarted server rejoins through it."""
+        self.book.set_serf(server_id, serf_address)
 
     def peer_progress(self) -> dict[str, tuple[int, float]]:
         """On the leader: each follower's (match index, seconds since it last answered)."""
@@ -312,7 +293,7 @@ class RaftLog:
         to the node, applied once committed). `peers_json` is Consul's outage recovery file:
         when it exists, its servers become the configuration and the file is removed."""
         self._wal, self._snapshots = wal, snapshots
-        self._load_book()
+        self.book.load()
         snapshot = None
         meta = snapshots.latest_now() if snapshots is not None else None
         if meta is not None:
@@ -320,12 +301,13 @@ class RaftLog:
                 data = f.read(meta.size)
             image, header = read_image(io.BytesIO(data), meta.path)
             self._fsm.restore(image)
-            snapshot = Snapshot(meta.index, meta.term, _config_from_header(header), data)
+            snapshot = Snapshot(meta.index, meta.term, configuration_from_header(header), data)
             for sid, address in (header.get("addresses") or {}).items():
-                self.addresses.setdefault(sid, address)
+                if sid not in self.addresses:
+                    self.book.set(sid, address)
             self._applied, self._applied_term = meta.index, meta.term
         base = snapshot.index if snapshot else 0
-        entries = self._read_entries(wal, base)
+        entries = entries_after(wal, base)
         hard = wal.hard_state()
         last_term = entries[-1].term if entries else (snapshot.term if snapshot else 0)
         if hard.term < last_term:
@@ -339,50 +321,20 @@ class RaftLog:
                              hard_state=hard, snapshot=snapshot, entries=entries)
         self._make_driver()
 
-    def _read_entries(self, wal: LogStore, base: int) -> list[Entry]:
-        if wal.last_index < wal.first_index:
-            return []
-        if wal.first_index > base + 1:
-            raise RecoveryError(
-                f"the write-ahead log starts at entry {wal.first_index} but the newest "
-                f"snapshot ends at index {base}: entries are missing (a snapshot damaged or "
-                "removed?)")
-        out: list[Entry] = []
-        index = base + 1
-        while index <= wal.last_index:
-            batch = wal.entries(index, wal.last_index, max_bytes=REPLAY_BATCH_BYTES)
-            for e in batch:
-                if e.kind == CONFIGURATION and e.data[:1] == b"{":
-                    e = replace(e, data=decode_configuration(e.data).encode())
-                out.append(e)
-            index += len(batch)
-        return out
-
     def _recover_peers(self, path: str, entries: list[Entry], base: int,
                        snapshot: Snapshot | None, hard: HardState) -> list[Entry]:
-        """Consul's peers.json: [{"id", "address", "non_voter"}]. Its servers replace the
-        configuration with a new entry at the end of this server's log."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-            voters, nonvoters = [], []
-            for server in doc:
-                sid, address = str(server["id"]), str(server["address"])
-                (nonvoters if server.get("non_voter") else voters).append(sid)
-                if sid != self.server_id:
-                    self.addresses[sid] = address
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RecoveryError(f"{path}: cannot recover from it: {exc}") from None
-        if not voters:
-            raise RecoveryError(f"{path}: it names no voter")
+        """peers.json's servers replace the configuration with a new entry at the end of this
+        server's log."""
+        config, addresses = read_peers_json(path)
+        for sid, address in addresses.items():
+            self.book.set(sid, address)
         last_index = entries[-1].index if entries else base
         term = max(hard.term, entries[-1].term if entries else (snapshot.term if snapshot else 0),
                    1)
-        entry = Entry(last_index + 1, term, CONFIGURATION,
-                      Configuration.of(voters, tuple(nonvoters)).encode())
+        entry = Entry(last_index + 1, term, CONFIGURATION, config.encode())
         self._recovered_peers = path
         self.log.warn("recovering the Raft configuration from {path}: voters {voters}",
-                      path=path, voters=",".join(sorted(voters)))
+                      path=path, voters=",".join(sorted(config.voters)))
         self._pending_recovery_entry = entry
         return [*entries, entry]
 
@@ -632,51 +584,3 @@ class RaftLog:
             done.errback(Failure())
             return
         self._reactor.callLater(0, self._encode_turn, chunks, out, done)
-
-    # --- the address book ---------------------------------------------------------------------
-
-    def _load_book(self) -> None:
-        if not self._book_path:
-            return
-        try:
-            with open(self._book_path, encoding="utf-8") as f:
-                book = json.load(f)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.log.warn("ignoring {path}: {exc}", path=self._book_path, exc=exc)
-            return
-        for sid, entry in (book.get("servers") or {}).items():
-            if sid != self.server_id and isinstance(entry, dict):
-                address = entry.get("address")
-                if isinstance(address, str) and ":" in address:
-                    self.addresses[sid] = address
-                    host, _, port = address.rpartition(":")
-                    self._transport.set_peer(sid, (host, int(port)))
-                if isinstance(entry.get("name"), str):
-                    self.names[sid] = entry["name"]
-        for sid, entry in (book.get("servers") or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("serf"), str):
-                self._serf[sid] = entry["serf"]
-                if sid != self.server_id:
-                    self.serf_addresses.append(entry["serf"])
-
-    def remember_serf(self, server_id: str, serf_address: str) -> None:
-        """Where `server_id` gossips: a restarted server rejoins through it."""
-        if self._serf.get(server_id) != serf_address:
-            self._serf[server_id] = serf_address
-            self._save_book()
-
-    def _save_book(self) -> None:
-        if not self._book_path:
-            return
-        servers = {sid: {"address": a, "name": self.names.get(sid, ""),
-                         **({"serf": self._serf[sid]} if sid in self._serf else {})}
-                   for sid, a in self.addresses.items()}
-        tmp = self._book_path + ".tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"servers": servers}, f)
-            os.replace(tmp, self._book_path)
-        except OSError as exc:
-            self.log.warn("cannot save {path}: {exc}", path=self._book_path, exc=exc)
