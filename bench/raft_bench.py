@@ -19,6 +19,7 @@ write-ahead log, Consul's BoltDB Raft log) and measures:
     python bench/raft_bench.py                  # Waypost (this checkout)
     python bench/raft_bench.py --consul         # and a real Consul beside it, a table at the end
     python bench/raft_bench.py --only-consul --runs 3 --duration 5
+    python bench/raft_bench.py --consul --rounds 5   # more interleaved write rounds
 
 The Consul binary is found as tests/consulproc.py finds it (WAYPOST_CONSUL_BIN or
 /tmp/oracle/bin/consul). Needs wrk. The write phase and the failover phase each start a fresh
@@ -176,24 +177,49 @@ def failover_phase(binary: str, base_dir: str, runs: int) -> list[float]:
     return times
 
 
-def measure(binary: str, args) -> dict:
-    result: dict = {}
+def median_writes(rounds: list[dict]) -> dict:
+    """Per client count, the median of each figure over the rounds."""
+    return {clients: {key: statistics.median(r[clients][key] for r in rounds)
+                      for key in ("rps", "p50", "p99")}
+            for clients in (1, 64)}
+
+
+def measure_writes(targets: list[str], args) -> dict[str, dict]:
+    """The write phase of every target, `--rounds` times, interleaved (W, C, W, C, ...): this
+    VM's fsync latency drifts over minutes, so a side-by-side comparison must share it."""
+    rounds: dict[str, list[dict]] = {name: [] for name in targets}
+    results: dict[str, dict] = {name: {} for name in targets}
+    for n in range(args.rounds):
+        for name in targets:
+            if "error" in results[name]:
+                continue
+            try:
+                out = write_phase(name, args.dir, args.duration)
+            except (ClusterError, SystemExit) as exc:
+                results[name]["error"] = str(exc).splitlines()[0] if str(exc) else \
+                    type(exc).__name__
+                print(f"{name}: FAILED: {exc}", flush=True)
+                continue
+            rounds[name].append(out)
+            for clients, r in out.items():
+                print(f"{name} round {n + 1}: PUT /v1/kv to the leader, {clients:2d} "
+                      f"client(s): {r['rps']:8.0f} writes/s  p50 {r['p50']:6.2f} ms  "
+                      f"p99 {r['p99']:6.2f} ms", flush=True)
+    for name in targets:
+        if rounds[name]:
+            results[name]["writes"] = median_writes(rounds[name])
+    return results
+
+
+def measure_failover(binary: str, args, result: dict) -> None:
     try:
-        result["writes"] = write_phase(binary, args.dir, args.duration)
-        for clients, r in result["writes"].items():
-            print(f"{binary}: PUT /v1/kv to the leader, {clients:2d} client(s): "
-                  f"{r['rps']:8.0f} writes/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms",
-                  flush=True)
-        if args.runs:
-            result["failover"] = failover_phase(binary, args.dir, args.runs)
-            f = result["failover"]
-            print(f"{binary}: failover (median of {len(f)}): {statistics.median(f) * 1000:.0f}"
-                  f" ms (min {min(f) * 1000:.0f}, max {max(f) * 1000:.0f})", flush=True)
+        result["failover"] = failover_phase(binary, args.dir, args.runs)
+        f = result["failover"]
+        print(f"{binary}: failover (median of {len(f)}): {statistics.median(f) * 1000:.0f}"
+              f" ms (min {min(f) * 1000:.0f}, max {max(f) * 1000:.0f})", flush=True)
     except (ClusterError, SystemExit) as exc:
-        # One target failing (Waypost's cluster not formed yet) still lets the other run.
         result["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{binary}: FAILED: {exc}", flush=True)
-    return result
 
 
 def table(results: dict[str, dict]) -> str:
@@ -227,6 +253,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each write run")
     parser.add_argument("--runs", type=int, default=10, help="failover runs (0: none)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="write phases per target, interleaved; medians are shown")
     parser.add_argument("--consul", action="store_true", help="also measure a real Consul")
     parser.add_argument("--only-consul", action="store_true", help="measure only Consul")
     parser.add_argument("--dir", default=tempfile.gettempdir(),
@@ -241,8 +269,13 @@ def main() -> None:
         targets.append("consul")
     print(f"{SERVERS} servers on 127.0.0.1, fsync on, default settings; "
           f"load {open('/proc/loadavg').read().strip()}", flush=True)
-    results = {name: measure(name, args) for name in targets}
+    results = measure_writes(targets, args)
+    if args.runs:
+        for name in targets:
+            if "error" not in results[name]:
+                measure_failover(name, args, results[name])
     print()
+    print(f"write figures: medians of {args.rounds} interleaved rounds")
     print(table(results))
 
 
