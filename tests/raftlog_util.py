@@ -277,3 +277,17 @@ def balanced(heard: list[bool]) -> bool:
 
 def keys_of(names, value=b"v"):
     return {k: value for k in names}
+
+
+@inlineCallbacks
+def written_then_stopped(cluster: Cluster, sids: list[str], names: list[str]):
+    """A cluster of `sids` that applied a write of each key in `names` everywhere, then
+    stopped (a restart test's starting point); returns its members and the last index."""
+    members = cluster.form(sids)
+    lead = yield cluster.leader()
+    results = yield write_keys(lead, names)
+    last = max(r.index for r in results)
+    yield wait_for(lambda: all(m.log.applied_index >= last for m in members), "replication")
+    for m in members:
+        yield m.stop()
+    return members, last

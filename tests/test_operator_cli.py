@@ -18,13 +18,7 @@ from agent.errors import NoLeader, NotFound
 from gateway.cli.main import main
 from tests.consulproc import ConsulProcess, consul_binary, running_consul
 from tests.test_operator_http import SERVERS, InProcessAgent, StandInOperator
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[InProcessAgent]:
-    agent = InProcessAgent().start()
-    yield agent
-    agent.stop()
+from tests.test_operator_http import served  # noqa: F401 - the module's in-process agent
 
 
 @pytest.fixture

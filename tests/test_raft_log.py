@@ -30,7 +30,8 @@ from agent.raft.wal import WriteAheadLog
 from agent.rpc.options import WriteResult
 from agent.state.store import StateStore
 from tests.raftlog_util import (FAST, Cluster, balanced, failure_type, failures, keys_of,
-                                no_fsync, outcome, put, sleep, wait_for, write_keys)
+                                no_fsync, outcome, put, sleep, wait_for, write_keys,
+                                written_then_stopped)
 from tests.reactor_hygiene import clean_reactor  # noqa: F401 - autouse fixture
 
 ABC = ["a", "b", "c"]
@@ -163,14 +164,8 @@ def test_five_servers_lose_two_leaders_and_keep_every_acknowledged_write(cluster
 
 @pytest_twisted.inlineCallbacks
 def test_all_servers_restart_from_their_data_dirs(cluster):
-    members = cluster.form(ABC)
-    lead = yield cluster.leader()
     names = [f"k{i:02d}" for i in range(25)]
-    results = yield write_keys(lead, names)
-    last = max(r.index for r in results)
-    yield wait_for(lambda: all(m.log.applied_index >= last for m in members), "replication")
-    for m in members:
-        yield m.stop()
+    members, last = yield written_then_stopped(cluster, ABC, names)
 
     for m in members:
         m.open()
@@ -316,14 +311,8 @@ def test_transfer_leadership_to_a_chosen_server(cluster):
 
 @pytest_twisted.inlineCallbacks
 def test_peers_json_brings_back_one_survivor(cluster):
-    members = cluster.form(ABC)
-    lead = yield cluster.leader()
     names = [f"p{i}" for i in range(10)]
-    results = yield write_keys(lead, names)
-    last = max(r.index for r in results)
-    yield wait_for(lambda: all(m.log.applied_index >= last for m in members), "replication")
-    for m in members:
-        yield m.stop()
+    members, last = yield written_then_stopped(cluster, ABC, names)
 
     survivor = cluster.members["a"]
     peers = survivor.raft_dir / "peers.json"
