@@ -38,7 +38,7 @@ from agent.raft.net import RPC_RAFT, RaftTransport
 from agent.raft.replicated import RaftLog
 from agent.raft.recovery import RecoveryError as RaftRecoveryError
 from agent.raft.storage import DiskStorage
-from agent.raft.timing import raft_options, rpc_hold_timeout_of
+from agent.raft.timing import raft_options, rpc_hold_timeout_of, snapshot_interval_of
 from agent.rpc.remote import RemoteEndpoints
 from agent.rpc.server import ServerEndpoints
 from agent.rpc.transport import ConnectionPool
@@ -98,7 +98,7 @@ class ServerCore:
             self.raft = RaftLog(
                 reactor, self.fsm, self.raft_transport, server_id=config.node_id,
                 address=config.server_rpc_addr, options=raft_options(config),
-                storage_factory=DiskStorage,
+                storage_factory=DiskStorage, snapshot_interval=snapshot_interval_of(config),
                 address_book=str(Path(config.data_dir) / "raft" / "servers.json"))
             self.directory = ServerDirectory(
                 self.raft, server_id=config.node_id, datacenter=config.datacenter,

@@ -36,7 +36,7 @@ class ServerProcess(AgentProcess):
 def config_file(tmp_path: Path) -> Path:
     # A low threshold, so snapshots and compaction happen between (and during) the kills.
     path = tmp_path / "raft.json"
-    path.write_text(json.dumps({"raft_snapshot_threshold": 64}))
+    path.write_text(json.dumps({"raft_snapshot_threshold": 64, "raft_snapshot_interval": "20ms"}))
     return path
 
 

@@ -82,7 +82,8 @@ def test_a_client_agent_keeps_working_through_a_change_of_leader(tmp_path):
 
 
 def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(tmp_path):
-    config = {**FAST, "raft_snapshot_threshold": 32, "raft_trailing_logs": 8}
+    config = {**FAST, "raft_snapshot_threshold": 32, "raft_trailing_logs": 8,
+              "raft_snapshot_interval": "100ms"}
     cluster = ServerCluster(3, tmp_path, config=config).start()
     try:
         leader = cluster.wait_leader()

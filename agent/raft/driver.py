@@ -231,13 +231,15 @@ class RaftDriver:
             index = ready.snapshot_wanted
             data = self.take_snapshot(index)
             if isinstance(data, Deferred):  # encoded over several reactor turns
-                data.addCallback(self._snapshot_encoded, index)
+                data.addCallback(self.snapshot_encoded, index)
                 data.addErrback(lambda f: self.log.failure(
                     "taking a Raft snapshot at {index} failed", f, index=index))
             elif data is not None:  # None: one is being taken already
                 self.node.snapshot_taken(self.reactor.seconds(), index, data)
 
-    def _snapshot_encoded(self, data: bytes | None, index: int) -> None:
+    def snapshot_encoded(self, data: bytes | None, index: int) -> None:
+        """The state machine's bytes as of applied `index`: the node keeps them as its
+        snapshot and compacts its log behind them."""
         if data is not None and self._running:
             self.node.snapshot_taken(self.reactor.seconds(), index, data)
             self._drain()

@@ -68,7 +68,10 @@ class RaftLog:
     def __init__(self, reactor, fsm: FSM, transport, *, server_id: str, address: str,
                  options: Options, rng: random.Random | None = None,
                  storage_factory: Callable[[LogStore, SnapshotStore | None], Any] | None = None,
-                 address_book: str | None = None) -> None:
+                 address_book: str | None = None, snapshot_interval: float = 0.0) -> None:
+        """`snapshot_interval` (Consul's raft_snapshot_interval): snapshots are taken at most
+        that often, when a check every interval finds `options.snapshot_threshold` entries
+        applied since the last one; 0 takes one as soon as the threshold is crossed."""
         self._reactor = reactor
         self._fsm = fsm
         self._transport = transport
@@ -96,6 +99,8 @@ class RaftLog:
         self._snapshotting = False
         self._started_at = reactor.seconds()
         self._stopped = False
+        self._snapshot_interval = snapshot_interval
+        self._snapshot_timer = None
         self._recovered_peers: str | None = None  # peers.json consumed at recovery
         self._pending_recovery_entry: Entry | None = None
         self._known_listeners: list[Callable[[bool], None]] = []
@@ -379,6 +384,9 @@ class RaftLog:
     def start(self) -> None:
         self._stopped = False
         self.driver.start()
+        if self._snapshot_interval > 0 and self._snapshot_timer is None:
+            self._snapshot_timer = self._reactor.callLater(self._next_check(),
+                                                          self._snapshot_check)
         if self._recovered_peers is not None:
             self._finish_peer_recovery()
         if self.node.campaign_now(self._reactor.seconds()):
@@ -397,6 +405,9 @@ class RaftLog:
 
     def stop(self) -> Deferred:
         self._stopped = True
+        if self._snapshot_timer is not None and self._snapshot_timer.active():
+            self._snapshot_timer.cancel()
+        self._snapshot_timer = None
         if self.driver is not None:
             self.driver.stop()
         if self._ready:
@@ -549,9 +560,32 @@ class RaftLog:
                 "addresses": {sid: a for sid, a in self.addresses.items()
                               if sid in config.servers}}
 
-    def _take_snapshot(self, index: int) -> Deferred | None:
+    def _next_check(self) -> float:
+        # hashicorp/raft's jitter: somewhere in [interval, 2 * interval).
+        return self._snapshot_interval * (1 + self._rng.random())
+
+    def _snapshot_check(self) -> None:
+        """Every interval: take the snapshot the node asked for since the last check."""
+        self._snapshot_timer = None
+        if self._stopped:
+            return
+        node = self.node
+        base = node.snapshot.index if node.snapshot else 0
+        if (not self._halted and self._applied - base >= self.options.snapshot_threshold
+                and not self._snapshotting):
+            index = self._applied
+            taken = self._take_snapshot(index, checked=True)
+            if taken is not None:
+                taken.addCallback(self.driver.snapshot_encoded, index)
+                taken.addErrback(lambda f: self.log.failure(
+                    "taking a Raft snapshot at {index} failed", f, index=index))
+        self._snapshot_timer = self._reactor.callLater(self._next_check(), self._snapshot_check)
+
+    def _take_snapshot(self, index: int, checked: bool = False) -> Deferred | None:
         if self._snapshotting or self._stopped:
             return None
+        if self._snapshot_interval > 0 and not checked:
+            return None  # the periodic check takes it
         self._snapshotting = True
         d = self.capture_state(self._snapshot_header(index))
 

@@ -24,7 +24,10 @@ DEFAULT_MULTIPLIER = 5
 MAX_MULTIPLIER = 10
 RPC_HOLD_TIMEOUT = 7.0  # Consul's default: how long a request waits for a leader
 TRAILING_LOGS = 10240  # Consul's raft_trailing_logs default
-SNAPSHOT_THRESHOLD = 8192
+# Consul's raft_snapshot_threshold and raft_snapshot_interval defaults: every 30 s a server
+# looks whether 16384 entries were applied since its last snapshot, and only then takes one.
+SNAPSHOT_THRESHOLD = 16384
+SNAPSHOT_INTERVAL = 30.0
 
 
 def multiplier_of(config: Any) -> int:
@@ -49,3 +52,11 @@ def raft_options(config: Any) -> Options:
     return Options(election_timeout=ELECTION_UNIT * m, heartbeat_interval=HEARTBEAT_UNIT * m,
                    max_batch=256, max_inflight=16, snapshot_threshold=max(1, threshold),
                    trailing_logs=max(0, trailing))
+
+
+def snapshot_interval_of(config: Any) -> float:
+    settings = getattr(config, "settings", None) or {}
+    value = settings.get("raft_snapshot_interval")
+    if not value:
+        return SNAPSHOT_INTERVAL
+    return float(parse_duration(value)) if isinstance(value, str) else float(value)
