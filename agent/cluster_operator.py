@@ -201,8 +201,8 @@ def _autopilot_command(config: Any, cas: Any) -> AutopilotSetConfig:
             continue
         value = config[field]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InvalidRequest(f"Error parsing autopilot config: {field} must be a "
-                                 f"{kind.__name__}")
+            what = {bool: "true or false", int: "an integer", str: "a string"}[kind]
+            raise InvalidRequest(f"Error parsing autopilot config: {field} must be {what}")
         if kind is str and field.endswith(("Threshold", "Time")):
             try:
                 parse_duration(value)

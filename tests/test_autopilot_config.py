@@ -84,3 +84,17 @@ def test_set_config_on_the_command_line(waypost_agent):
     assert "MinQuorum = 1" in shown.stdout
     bad = waypost("set-config", "-cleanup-dead-servers=maybe")
     assert bad.returncode == 1 and "true or false" in bad.stderr
+
+
+@pytest.mark.parametrize("body,field", [
+    ([], "not an object"), ({"MaxTrailingLogs": "a"}, "MaxTrailingLogs must be an integer"),
+    ({"MinQuorum": True}, "MinQuorum must be an integer"),
+    ({"CleanupDeadServers": 1}, "CleanupDeadServers must be true or false"),
+    ({"LastContactThreshold": "-1s"}, "LastContactThreshold"),
+    ({"ServerStabilizationTime": "soon"}, "ServerStabilizationTime")])
+def test_a_bad_autopilot_configuration_is_a_400_naming_the_field(waypost_agent, body, field):
+    status, _, data = waypost_agent.request("PUT", "/v1/operator/autopilot/configuration",
+                                            json.dumps(body))
+    assert status == 400 and field in data.decode(), data
+    status, _, data = waypost_agent.request("GET", "/v1/operator/autopilot/configuration")
+    assert status == 200  # nothing was stored, the agent still answers
